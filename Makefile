@@ -1,0 +1,40 @@
+# grn — `make demo` and `make test` are all a newcomer needs; both set up .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Pinned so pip takes the local wheels instead of downloading a newer multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.grn-installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-all bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv (if missing) and install grn with its test tools
+
+demo: $(STAMP) ## train the tiny tokenizer + GRN on real digits, write runs/quickstart/{samples.png,metrics.json}
+	$(PY) train.py experiment=quickstart
+
+test: $(STAMP) ## the CPU test suite (minutes; excludes tests marked slow or gpu)
+	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-all: $(STAMP) ## every CPU test, slow ones included
+	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+bench: $(STAMP) ## run the benchmarks in bench/ (they print ratios; never part of the tests)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean: ## remove caches of Python and pytest (never runs/ or user files)
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+	rm -rf .pytest_cache .hypothesis

@@ -1,0 +1,64 @@
+"""Shared start-up for the entry points: config location, resolvers, run ids, checkpoint discovery."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+import warnings
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+log = logging.getLogger("grn")
+
+CONF_DIR = str(Path(os.environ.get("GRN_CONF_DIR", Path(__file__).resolve().parents[3] / "conf")))
+
+
+def run_id(given: str | None = None) -> str:
+    """A stable run id: the given one, else $GRN_RUN_ID, else the SLURM job (and array task), else a fresh
+    ``<date>_<time>-<random>``. The chosen id is exported as $GRN_RUN_ID so that child processes (DDP ranks
+    re-executing the command line) resolve the same run directory."""
+    if given not in (None, "", "None", "null"):
+        rid = str(given)
+    elif os.environ.get("GRN_RUN_ID"):
+        rid = os.environ["GRN_RUN_ID"]
+    elif os.environ.get("SLURM_JOB_ID"):
+        job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ["SLURM_JOB_ID"]
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        rid = f"slurm-{job}" + (f"_{task}" if task else "")
+    else:
+        rid = time.strftime("%Y%m%d_%H%M%S") + "-" + secrets.token_hex(2)
+    os.environ["GRN_RUN_ID"] = rid
+    return rid
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("grn.run_id"):
+        OmegaConf.register_new_resolver("grn.run_id", run_id, use_cache=True)
+
+
+def quiet_warnings() -> None:
+    for pattern in (
+        ".*does not have many workers.*",
+        ".*The number of training batches.*",
+        ".*predict_dataloader.*",
+        ".*LightningModule.*Warning.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def newest_checkpoint(folder: str | Path) -> Path | None:
+    """``last.ckpt`` if present, else the most recently written ``*.ckpt`` under ``folder``, else None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    last = folder / "last.ckpt"
+    if last.is_file():
+        return last
+    ckpts = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return ckpts[-1] if ckpts else None
+
+
+register_resolvers()

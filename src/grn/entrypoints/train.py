@@ -1,0 +1,153 @@
+"""``python train.py``: train the stages of a task (tokenizer, c2i, ...) in pipeline order.
+
+Each stage trains in ``<run_dir>/<stage>/`` with its own checkpoints and logs; ``ckpt_path: auto`` resumes a stage
+from its newest checkpoint, so re-running a finished run only re-checks it. With ``report: true`` the run ends with
+the evaluation report (sample grid + metrics.json) in the run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from grn.entrypoints.common import CONF_DIR, newest_checkpoint, quiet_warnings
+
+log = logging.getLogger("grn.train")
+
+# Stages run in this order when a task defines several of them.
+PIPELINE_ORDER = ("tokenizer", "c2i", "t2i", "t2v")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says what to change."""
+
+
+def stage_names(cfg: DictConfig) -> list[str]:
+    stages = list(cfg.get("stages") or {})
+    unknown = [s for s in stages if s not in PIPELINE_ORDER]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; known stages: {list(PIPELINE_ORDER)}")
+    if not stages:
+        raise ConfigError("no stages to train: choose a task, e.g. task=tokenizer or task=c2i")
+    chosen = stages if cfg.get("run_stages") is None else list(cfg.run_stages)
+    missing = [s for s in chosen if s not in stages]
+    if missing:
+        raise ConfigError(f"run_stages names {missing}, which the config does not define (defined: {stages})")
+    return sorted(chosen, key=PIPELINE_ORDER.index)
+
+
+def validate(cfg: DictConfig) -> list[str]:
+    """Check the config before any heavy work; returns the stages to run."""
+    names = stage_names(cfg)
+    for name in names:
+        stage = cfg.stages[name]
+        for key in ("datamodule", "lit_module", "max_steps"):
+            if stage.get(key) is None:
+                raise ConfigError(f"stage {name!r} has no {key!r}; is its task config complete?")
+        ckpt = stage.get("tokenizer_ckpt")
+        if ckpt is not None and "tokenizer" not in names and not Path(ckpt).is_file():
+            raise ConfigError(
+                f"stage {name!r} needs a trained tokenizer but {ckpt} does not exist: train it in the same run "
+                f"(task with a tokenizer stage) or set stages.{name}.tokenizer_ckpt=<path>"
+            )
+    if cfg.ckpt_path not in (None, "auto") and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist (use auto, null or an existing file)")
+    return names
+
+
+def resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
+    if cfg.ckpt_path == "auto":
+        found = newest_checkpoint(ckpt_dir)
+        return str(found) if found else None
+    return cfg.ckpt_path
+
+
+def build_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list[L.Callback]:
+    callbacks = []
+    for conf in (cfg.get("callbacks") or {}).values():
+        cb = instantiate(conf)
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
+            cb.dirpath = str(ckpt_dir)
+        callbacks.append(cb)
+    return callbacks
+
+
+def train_stage(cfg: DictConfig, name: str) -> Path:
+    """Train one stage; returns its last checkpoint."""
+    stage = cfg.stages[name]
+    stage_dir = Path(cfg.paths.run_dir) / name
+    ckpt_dir = stage_dir / "checkpoints"
+    max_steps = int(stage.max_steps if cfg.get("max_steps") is None else min(stage.max_steps, cfg.max_steps))
+    val_every = int(min(stage.get("val_every") or max_steps, max_steps))
+
+    datamodule = instantiate(stage.datamodule)
+    module = instantiate(stage.lit_module)
+    loggers = [instantiate(conf, name=name) for conf in (cfg.get("logger") or {}).values()]
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        max_steps=max_steps,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=None,
+        callbacks=build_callbacks(cfg, ckpt_dir),
+        logger=loggers or False,
+        default_root_dir=str(stage_dir),
+    )
+    resume = resume_path(cfg, ckpt_dir)
+    if resume:
+        log.info("stage %s: resuming from %s", name, resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    last = ckpt_dir / "last.ckpt"
+    if not last.is_file():  # the checkpoint callback was switched off: still leave the stage's result behind
+        trainer.save_checkpoint(last)
+    return last
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train the configured stages (and the report, if asked); returns ``{stage: last checkpoint, ...}``."""
+    if cfg.extras.get("ignore_warnings"):
+        quiet_warnings()
+    names = validate(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.extras.get("print_config"):
+        from grn.entrypoints.console import print_config
+
+        print_config(cfg, names)
+    results: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        from grn.entrypoints.console import stage_banner
+
+        stage_banner(i + 1, len(names), name, run_dir / name)
+        L.seed_everything(cfg.seed + i, workers=True, verbose=False)
+        start = time.perf_counter()
+        results[name] = train_stage(cfg, name)
+        results[f"{name}_seconds"] = round(time.perf_counter() - start, 1)
+    if cfg.get("report"):
+        from grn.entrypoints.console import stage_banner
+        from grn.entrypoints.eval import report
+
+        if "c2i" not in results:
+            raise ConfigError("report: true needs a c2i stage in this run")
+        stage_banner(len(names) + 1, len(names) + 1, "report", run_dir)
+        results["metrics"] = report(cfg, results["c2i"], run_dir, train_seconds=results)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(Path(cfg.paths.run_dir).resolve())
+    OmegaConf.resolve(cfg)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Exponential moving average of a module's parameters, kept as buffers so it is checkpointed with the module."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EMA(nn.Module):
+    """Shadow copy of ``model``'s floating-point parameters.
+
+    The shadow tensors are registered buffers (``shadow.<param name with '.'→'__'>``), so they travel with
+    ``.to()``, land in ``state_dict()`` and are restored by ``load_state_dict()``.
+
+    Args:
+        model: the trained module (only read).
+        decay: EMA decay per update.
+        warmup: if true, the effective decay is ``min(decay, (1 + n) / (10 + n))`` after n updates, so a short run
+            is not dominated by the initial weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.warmup = warmup
+        self.names = [n for n, p in model.named_parameters() if p.dtype.is_floating_point]
+        for name, p in model.named_parameters():
+            if p.dtype.is_floating_point:
+                self.register_buffer(self._key(name), p.detach().clone().float())
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return "shadow__" + name.replace(".", "__")
+
+    def _shadows(self) -> list[torch.Tensor]:
+        return [getattr(self, self._key(n)) for n in self.names]
+
+    def current_decay(self) -> float:
+        n = int(self.num_updates)
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        params = dict(model.named_parameters())
+        src = [params[n].detach().float() for n in self.names]
+        # lerp towards the live weights: shadow += (1 - decay) * (param - shadow), one fused call for all tensors
+        torch._foreach_lerp_(self._shadows(), src, 1.0 - self.current_decay())
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Write the averaged weights into ``model`` (in place)."""
+        params = dict(model.named_parameters())
+        for n, s in zip(self.names, self._shadows()):
+            params[n].copy_(s.to(params[n].dtype))
+
+    def state_dict_for(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """A state dict of ``model`` with the averaged parameters in place of the live ones."""
+        sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        for n, s in zip(self.names, self._shadows()):
+            sd[n] = s.to(sd[n].dtype).clone()
+        return sd

@@ -1,0 +1,244 @@
+"""Lightning orchestration of GRN class-to-image training: the objective, optimiser, EMAs and logging.
+
+Batches: ``{"tokens": int64 [B, d, h, w] index labels, "label": int64 [B]}``. Index labels are converted to the
+network's target layout (round-major bits for GRN_bit) here, so one token cache serves both variants.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from grn import hbq
+from grn.lit_modules.ema import EMA
+from grn.models.generator import GRN
+from grn.sampling.refine import RefineResult, refine
+
+
+def to_container(cfg: Any) -> Any:
+    """Plain dict/list copy of a config, so checkpoints load with ``weights_only=True``."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def mix_with_noise(
+    labels: torch.Tensor, keep_prob: torch.Tensor, num_levels: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Each label stays with probability ``keep_prob[b]``, else becomes a fresh uniform label (facts §3.3).
+
+    labels ``[B, C, h, w]``, keep_prob ``[B]`` -> ``[B, C, h, w]``.
+    """
+    shape = labels.shape
+    kp = keep_prob.view(-1, *([1] * (labels.dim() - 1)))
+    noise = torch.randint(0, num_levels, shape, device=labels.device, generator=generator)
+    keep = torch.rand(shape, device=labels.device, generator=generator) < kp
+    return torch.where(keep, labels, noise)
+
+
+def sample_keep_prob(batch: int, mean: float, std: float, device, generator=None) -> torch.Tensor:
+    """t = sigmoid(N(mean, std^2)) per sample (official P_mean -0.8, P_std 0.8)."""
+    return torch.sigmoid(torch.randn(batch, device=device, generator=generator) * std + mean)
+
+
+class GeneratorLitModule(L.LightningModule):
+    """Trains a :class:`~grn.models.generator.GRN` on HBQ token maps.
+
+    Args:
+        net: Hydra config of the network (``_target_`` + kwargs).
+        tokenizer_ckpt: the frozen tokenizer the tokens came from (recorded for decoding at sample time).
+        label_drop_prob: share of class labels replaced by the null class (for guidance).
+        keep_prob_mean, keep_prob_std: logit-normal keep-probability of the training objective.
+        blr: base learning rate; lr = blr · global_batch / 256 unless ``lr`` is given.
+        betas, weight_decay: AdamW; 1-D parameters and biases get no weight decay.
+        warmup_steps: linear warm-up from 0, then constant.
+        grad_clip: max gradient norm (0 disables).
+        ema_decays: one EMA per decay (``ema1``, ``ema2``, ...); ``ema1`` is used for evaluation and sampling.
+        ema_warmup: ramp the EMA decay up over the first updates (for short runs).
+        sampler: sampler settings used for validation samples.
+    """
+
+    def __init__(
+        self,
+        net: dict,
+        tokenizer_ckpt: str | None = None,
+        label_drop_prob: float = 0.1,
+        keep_prob_mean: float = -0.8,
+        keep_prob_std: float = 0.8,
+        blr: float = 5e-5,
+        lr: float | None = None,
+        betas: Sequence[float] = (0.9, 0.95),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        grad_clip: float = 1.0,
+        ema_decays: Sequence[float] = (0.9999, 0.9996),
+        ema_warmup: bool = False,
+        sampler: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(
+            {
+                "net": to_container(net),
+                "tokenizer_ckpt": str(tokenizer_ckpt) if tokenizer_ckpt else None,
+                "label_drop_prob": label_drop_prob,
+                "keep_prob_mean": keep_prob_mean,
+                "keep_prob_std": keep_prob_std,
+                "blr": blr,
+                "lr": lr,
+                "betas": list(betas),
+                "weight_decay": weight_decay,
+                "warmup_steps": warmup_steps,
+                "grad_clip": grad_clip,
+                "ema_decays": list(ema_decays),
+                "ema_warmup": ema_warmup,
+                "sampler": to_container(sampler) if sampler is not None else None,
+            }
+        )
+        self.net: GRN = instantiate(self.hparams.net)
+        self.num_levels = self.net.num_levels
+        self.emas = torch.nn.ModuleDict(
+            {f"ema{i + 1}": EMA(self.net, d, warmup=ema_warmup) for i, d in enumerate(ema_decays)}
+        )
+
+    # ---- data contract ---------------------------------------------------------------------------------------
+    def target_labels(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Index labels ``[B, d, h, w]`` -> the network's label layout."""
+        if self.net.target == "bits":
+            return hbq.index_labels_to_bit_labels(tokens, self.net.hbq_rounds)
+        return tokens
+
+    # ---- training --------------------------------------------------------------------------------------------
+    def objective(self, batch: dict, generator: torch.Generator | None = None, drop_labels: bool = True):
+        """The GRN loss (paper Eq. 7): cross-entropy on every token of the noised map. Returns (loss, t, acc)."""
+        x = self.target_labels(batch["tokens"])
+        y = batch["label"]
+        b = x.shape[0]
+        t = sample_keep_prob(b, self.hparams.keep_prob_mean, self.hparams.keep_prob_std, x.device, generator)
+        if drop_labels and self.hparams.label_drop_prob > 0:
+            drop = torch.rand(b, device=x.device, generator=generator) < self.hparams.label_drop_prob
+            y = torch.where(drop, torch.full_like(y, self.net.num_classes), y)
+        z = mix_with_noise(x, t, self.num_levels, generator)
+        logits = self.net(z, t, y)
+        loss = F.cross_entropy(logits.float(), x)
+        with torch.no_grad():
+            acc = (logits.argmax(dim=1) == x).float().flatten(1).mean(1)  # [B]
+        return loss, t, acc
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, t, acc = self.objective(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/token_acc", acc.mean(), on_step=True, on_epoch=False)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.hparams.grad_clip and self.hparams.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.hparams.grad_clip)
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        for ema in self.emas.values():
+            ema.update(self.net)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # A fixed generator per batch makes the validation loss comparable across evaluations.
+        g = torch.Generator(device=batch["tokens"].device).manual_seed(1000 + batch_idx)
+        with self.ema_weights():
+            loss, _, acc = self.objective(batch, generator=g, drop_labels=False)
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True)
+        self.log("val/token_acc", acc.mean(), on_epoch=True, sync_dist=True)
+
+    # ---- optimisation ----------------------------------------------------------------------------------------
+    def learning_rate(self) -> float:
+        if self.hparams.lr is not None:
+            return float(self.hparams.lr)
+        global_batch = self.trainer.datamodule.batch_size * self.trainer.world_size
+        global_batch *= self.trainer.accumulate_grad_batches
+        return self.hparams.blr * global_batch / 256
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for p in self.net.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        opt = torch.optim.AdamW(groups, lr=self.learning_rate(), betas=tuple(self.hparams.betas))
+        warmup = max(int(self.hparams.warmup_steps), 0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- EMA and sampling ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def ema_weights(self, name: str = "ema1") -> Iterator[None]:
+        """Temporarily swap the EMA weights into ``self.net``."""
+        live = {n: p.detach().clone() for n, p in self.net.named_parameters()}
+        self.emas[name].copy_to(self.net)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.net.named_parameters():
+                    p.copy_(live[n])
+
+    @torch.no_grad()
+    def sample(self, classes: torch.Tensor, generator: torch.Generator | None = None, **sampler: Any) -> RefineResult:
+        """Refine label maps for ``classes`` with the current weights; returns index labels ``[B, d, h, w]``."""
+        return sample_labels(self.net, classes, generator=generator, **sampler)
+
+
+def sample_labels(
+    net: GRN, classes: torch.Tensor, generator: torch.Generator | None = None, **sampler: Any
+) -> RefineResult:
+    """Run the refinement sampler with ``net`` and return index labels ``[B, d, h, w]`` (bits are converted).
+
+    ``sampler`` holds the ``sampler`` config keys: num_steps, cfg_scale, cfg_interval, temperature, schedule
+    (``seed`` is ignored here: pass a seeded ``generator``).
+    """
+    opts = {k: v for k, v in sampler.items() if k != "seed"}
+    was_training = net.training
+    net.eval()
+    result = refine(
+        net,
+        classes,
+        (net.label_channels, net.input_size, net.input_size),
+        net.num_levels,
+        null_class=net.num_classes,
+        generator=generator,
+        **opts,
+    )
+    net.train(was_training)
+    if net.target == "bits":
+        result.labels = hbq.bit_labels_to_index_labels(result.labels, net.hbq_rounds)
+    return result
+
+
+def load_generator(ckpt_path: str | Path, ema: str | None = "ema1", map_location: str = "cpu") -> tuple[GRN, dict]:
+    """Rebuild the network from a training checkpoint; returns ``(net in eval mode, hyper_parameters)``.
+
+    ``ema`` names the EMA whose weights are loaded (``None`` for the live weights).
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"generator checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    net: GRN = instantiate(hp["net"])
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state)
+    if ema is not None:
+        prefix = f"emas.{ema}."
+        shadows = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        if not shadows:
+            raise KeyError(f"checkpoint {path} has no EMA named {ema!r}")
+        helper = EMA(net, 0.0)
+        helper.load_state_dict(shadows)
+        helper.copy_to(net)
+    return net.eval(), hp

@@ -1,0 +1,255 @@
+"""Stage 1: train the HBQ tokenizer (reconstruction L1 + LPIPS + PatchGAN), with an EMA of its weights.
+
+The module only orchestrates: the tokenizer and discriminator are built from ``_target_`` configs, the losses
+come from ``grn.losses``. GAN training uses manual optimisation with two optimisers; only the generator step
+is counted, so ``trainer.global_step`` (and ``max_steps``) is the number of tokenizer updates.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from torchmetrics.functional.image import peak_signal_noise_ratio
+
+from grn.lit_modules.ema import EMA
+from grn.losses.adversarial import adaptive_weight, generator_adv_loss, hinge_d_loss
+from grn.losses.perceptual import build_lpips
+from grn.models.tokenizer import HBQTokenizer
+
+__all__ = ["TokenizerLitModule"]
+
+
+def _plain(cfg: Any) -> Any:
+    """DictConfig/ListConfig → plain dict/list (so checkpoints load with ``weights_only=True``)."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(cfg, Mapping):
+        return {k: _plain(v) for k, v in cfg.items()}
+    return cfg
+
+
+def _frames(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, T, H, W]`` → ``[B·T, C, H, W]`` (images pass through) for the 2-D discriminator."""
+    if x.dim() == 5:
+        return x.transpose(1, 2).flatten(0, 1)
+    return x
+
+
+def _no_closure() -> None:
+    return None
+
+
+class TokenizerLitModule(L.LightningModule):
+    """Trains :class:`~grn.models.tokenizer.HBQTokenizer` as a VQGAN-style autoencoder through HBQ's STE.
+
+    Batches are dicts with ``"image"`` float ``[B, 3, H, W]`` in [-1, 1] (or ``"video"`` ``[B, 3, T, H, W]``);
+    other keys (``"label"``) are ignored.
+
+    Args:
+        tokenizer: ``_target_`` config of the tokenizer (e.g. ``grn.models.tokenizer.HBQTokenizer``).
+        discriminator: ``_target_`` config of the discriminator
+            (e.g. ``grn.models.discriminator.PatchDiscriminator``).
+        lpips: kwargs of :func:`grn.losses.perceptual.build_lpips` (None: its defaults, i.e. the real VGG
+            weights); no LPIPS net is built when ``lpips_weight == 0``.
+        l1_weight, lpips_weight, gan_weight: loss weights; ``gan_weight`` multiplies the adaptive weight.
+        disc_start: generator step from which the GAN terms (both steps) are on.
+        adaptive_gan_weight: use the VQGAN gradient-norm ratio (else 1) before ``gan_weight``.
+        lr, disc_lr, betas, weight_decay: AdamW settings (``disc_lr`` defaults to ``lr``).
+        grad_clip: max gradient norm for each optimiser (0 disables).
+        ema_decay, ema_warmup: EMA of the tokenizer weights (see :class:`~grn.lit_modules.ema.EMA`).
+        quantize: decode the HBQ-quantised latent (straight-through) rather than the continuous one.
+    """
+
+    def __init__(
+        self,
+        tokenizer: dict,
+        discriminator: dict,
+        lpips: dict | None = None,
+        l1_weight: float = 1.0,
+        lpips_weight: float = 1.0,
+        gan_weight: float = 0.3,
+        disc_start: int = 0,
+        adaptive_gan_weight: bool = True,
+        lr: float = 1e-4,
+        disc_lr: float | None = None,
+        betas: tuple[float, float] = (0.5, 0.9),
+        weight_decay: float = 0.0,
+        grad_clip: float = 1.0,
+        ema_decay: float = 0.999,
+        ema_warmup: bool = True,
+        quantize: bool = True,
+    ):
+        super().__init__()
+        # plain containers in the checkpoint's hyper_parameters (save_hyperparameters reads these locals)
+        tokenizer, discriminator, lpips = _plain(tokenizer), _plain(discriminator), _plain(lpips)
+        betas = tuple(float(b) for b in betas)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+
+        self.tokenizer: HBQTokenizer = instantiate(tokenizer, _convert_="all")
+        self.discriminator = instantiate(discriminator, _convert_="all")
+        self.lpips = build_lpips(**(lpips or {})) if lpips_weight > 0 else None
+        self.ema = EMA(self.tokenizer, ema_decay, warmup=ema_warmup)
+        # the EMA copy used during validation; kept in a dict so it is not registered as a submodule
+        self._val_cache: dict[str, HBQTokenizer] = {}
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _pixels(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        for key in ("video", "image"):
+            if key in batch:
+                return batch[key]
+        raise KeyError(f"tokenizer batches need an 'image' or 'video' entry, got keys {sorted(batch)}")
+
+    def _gan_active(self) -> bool:
+        return self.hparams.gan_weight > 0 and self.global_step >= self.hparams.disc_start
+
+    def ema_tokenizer(self) -> HBQTokenizer:
+        """A fresh copy of the tokenizer holding the EMA weights, in eval mode."""
+        tok = copy.deepcopy(self.tokenizer)
+        self.ema.copy_to(tok)
+        return tok.eval()
+
+    # ---------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        hp = self.hparams
+        x = self._pixels(batch)
+        opt_g, opt_d = self.optimizers()
+        use_gan = self._gan_active()
+
+        # generator (tokenizer) step; the discriminator is frozen meanwhile so it collects no gradients
+        self.toggle_optimizer(opt_g)
+        x_rec, _, _ = self.tokenizer(x, quantize=hp.quantize)
+        l1 = (x_rec - x).abs().mean()
+        nll = hp.l1_weight * l1
+        logs = {"train/l1": l1.detach()}
+        if self.lpips is not None:
+            lp = self.lpips(x_rec, x).mean()
+            nll = nll + hp.lpips_weight * lp
+            logs["train/lpips"] = lp.detach()
+        loss, gan_weight = nll, torch.zeros((), device=x.device)
+        if use_gan:
+            g_adv = generator_adv_loss(self.discriminator(_frames(x_rec)))
+            if hp.adaptive_gan_weight:
+                gan_weight = hp.gan_weight * adaptive_weight(nll, g_adv, self.tokenizer.last_layer)
+            else:
+                gan_weight = torch.full((), float(hp.gan_weight), device=x.device)
+            loss = nll + gan_weight * g_adv
+            logs["train/gan_g"] = g_adv.detach()
+        logs["train/gan_weight"] = gan_weight
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt_g.step()  # counted: global_step += 1
+        self.untoggle_optimizer(opt_g)
+        self.ema.update(self.tokenizer)
+
+        if use_gan:
+            self.toggle_optimizer(opt_d)
+            d_loss = hinge_d_loss(self.discriminator(_frames(x)), self.discriminator(_frames(x_rec.detach())))
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            # Through the strategy (precision plugin: AMP scaling, clipping hook) but not through
+            # LightningOptimizer.step, which would count a second optimizer step per batch.
+            self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=_no_closure)
+            self.untoggle_optimizer(opt_d)
+            logs["train/gan_d"] = d_loss.detach()
+
+        self.log_dict(logs, batch_size=x.shape[0])
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=x.shape[0])
+        return loss.detach()
+
+    def on_fit_start(self) -> None:
+        # Each backward uses only one of the two models, so DDP must be told to skip the other's gradients.
+        model = self.trainer.strategy.model
+        if isinstance(model, DistributedDataParallel) and not model.find_unused_parameters:
+            raise ValueError(
+                "tokenizer GAN training under DDP needs find_unused_parameters=True: use trainer.strategy="
+                "ddp_find_unused_parameters_true (or DDPStrategy(find_unused_parameters=True))"
+            )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Runs for both optimisers after AMP unscaling, so the norm is that of the true gradients.
+        if self.hparams.grad_clip and self.hparams.grad_clip > 0:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm"
+            )
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt_g = torch.optim.AdamW(
+            self.tokenizer.parameters(), lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay
+        )
+        opt_d = torch.optim.AdamW(
+            self.discriminator.parameters(),
+            lr=hp.disc_lr if hp.disc_lr is not None else hp.lr,
+            betas=hp.betas,
+            weight_decay=hp.weight_decay,
+        )
+        return [opt_g, opt_d]
+
+    # -------------------------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_cache["tokenizer"] = self.ema_tokenizer()  # one copy per validation run, not per batch
+
+    def on_validation_epoch_end(self) -> None:
+        self._val_cache.clear()
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        x = self._pixels(batch)
+        tok = self._val_cache.get("tokenizer")
+        if tok is None:
+            tok = self._val_cache["tokenizer"] = self.ema_tokenizer()
+        x_rec = tok(x, quantize=self.hparams.quantize)[0].clamp(-1.0, 1.0)
+        # per-image (per-frame) PSNR on the [0, 1] scale, averaged
+        pred, target = _frames((x_rec + 1) / 2), _frames((x + 1) / 2)
+        psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, dim=(1, 2, 3))
+        l1 = (x_rec - x).abs().mean()
+        self.log_dict({"val/psnr": psnr, "val/l1": l1}, batch_size=x.shape[0], sync_dist=True, prog_bar=True)
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The frozen LPIPS net is rebuilt from its config: leaving its ~15M VGG weights out keeps files small.
+        for key in [k for k in checkpoint["state_dict"] if k.startswith("lpips.")]:
+            del checkpoint["state_dict"][key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.lpips is not None:  # put the frozen weights back so a strict load succeeds
+            for key, value in self.lpips.state_dict().items():
+                checkpoint["state_dict"].setdefault(f"lpips.{key}", value)
+
+    @staticmethod
+    def load_tokenizer(
+        ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu", use_ema: bool = True
+    ) -> HBQTokenizer:
+        """Rebuild the tokenizer of a training checkpoint (config from ``hyper_parameters['tokenizer']``) with
+        its EMA weights (``use_ema``) or live ones; returned in eval mode. Loads with ``weights_only=True``.
+        """
+        if not os.path.isfile(ckpt_path):
+            raise FileNotFoundError(
+                f"tokenizer checkpoint not found: {ckpt_path} (pass the .ckpt of a tokenizer run)"
+            )
+        ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+        try:
+            cfg = ckpt["hyper_parameters"]["tokenizer"]
+        except KeyError as err:
+            raise ValueError(
+                f"{ckpt_path} is not a TokenizerLitModule checkpoint (no hyper_parameters.tokenizer)"
+            ) from err
+        tok = instantiate(cfg, _convert_="all")
+        state = ckpt["state_dict"]
+        tok.load_state_dict(
+            {k[len("tokenizer.") :]: v for k, v in state.items() if k.startswith("tokenizer.")}
+        )
+        if use_ema:
+            ema = EMA(tok, decay=0.0)
+            ema.load_state_dict({k[len("ema.") :]: v for k, v in state.items() if k.startswith("ema.")})
+            ema.copy_to(tok)
+        return tok.eval()

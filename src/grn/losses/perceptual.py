@@ -1,0 +1,121 @@
+"""LPIPS perceptual distance (the ``lpips`` package, VGG16 trunk), loaded strictly offline.
+
+The LPIPS linear heads ship inside the ``lpips`` package. The VGG16 trunk is the torchvision ImageNet
+checkpoint, read from a path or the torch hub cache — never downloaded. A random-trunk stand-in exists for
+tests and demos.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["LPIPS", "build_lpips", "VGG16_FILENAME", "default_vgg_weights_path"]
+
+log = logging.getLogger(__name__)
+
+VGG16_FILENAME = "vgg16-397923af.pth"
+VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILENAME}"
+STAND_IN_SEED = 0
+_warned_stand_in = False
+
+
+def default_vgg_weights_path() -> Path:
+    """``<torch hub dir>/checkpoints/vgg16-397923af.pth``: ``$TORCH_HOME/hub/...``, torchvision's cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILENAME
+
+
+def _make_lpips_net():
+    import lpips
+
+    with warnings.catch_warnings():
+        # lpips builds the trunk through torchvision's deprecated `pretrained=` argument; with
+        # pnet_rand=True it means "no weights", which is what we want (we load the trunk ourselves)
+        warnings.simplefilter("ignore", UserWarning)
+        # pretrained=True: the linear heads come from the package's own weights/v0.1/vgg.pth (no download)
+        net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False, eval_mode=False)
+    # The heads' dropout is the only train/eval-dependent layer. Swapping it for an identity (same indices, so
+    # the state-dict keys are unchanged) makes the metric the same in either mode: a parent's .train() cannot
+    # change it, and the module need not be pinned to eval mode (which Lightning warns about).
+    for lin in net.lins:
+        for i, layer in enumerate(lin.model):
+            if isinstance(layer, nn.Dropout):
+                lin.model[i] = nn.Identity()
+    return net
+
+
+def _load_vgg_trunk(net: nn.Module, path: Path) -> None:
+    """Copy torchvision ``features.{i}.*`` VGG16 weights into lpips' ``slice{k}.{i}.*`` trunk."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    mapped = {}
+    for key in net.state_dict():
+        _, index, param = key.split(".")  # slice<k>.<torchvision features index>.<weight|bias>
+        src = f"features.{index}.{param}"
+        if src not in state:
+            raise ValueError(f"{path} is not a torchvision VGG16 state dict (no '{src}')")
+        mapped[key] = state[src]
+    net.load_state_dict(mapped, strict=True)
+
+
+class LPIPS(nn.Module):
+    """Frozen LPIPS distance. ``forward(x, y)``: images ``[B, 3, H, W]`` → ``[B]``, videos
+    ``[B, 3, T, H, W]`` → ``[B, T]`` (time folded into the batch), inputs in [-1, 1]. No layer depends on
+    train/eval mode; no parameter requires grad, but gradients flow to the inputs.
+    """
+
+    def __init__(self, net: nn.Module, stand_in: bool):
+        super().__init__()
+        self.net = net
+        self.stand_in = stand_in
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape != y.shape:
+            raise ValueError(f"LPIPS inputs differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
+        if x.dim() == 5:
+            b, c, t, h, w = x.shape
+            fold = lambda v: v.transpose(1, 2).reshape(b * t, c, h, w)  # noqa: E731
+            return self.net(fold(x), fold(y)).reshape(b, t)
+        if x.dim() != 4:
+            raise ValueError(f"LPIPS takes [B, 3, H, W] or [B, 3, T, H, W], got shape {tuple(x.shape)}")
+        return self.net(x, y).reshape(x.shape[0])
+
+
+def build_lpips(vgg_weights: str | os.PathLike | None = None, allow_random_backbone: bool = False) -> LPIPS:
+    """Frozen LPIPS-VGG module (see :class:`LPIPS`).
+
+    Args:
+        vgg_weights: torchvision VGG16 ImageNet weights (``vgg16-397923af.pth``); default: the torch
+            hub cache, :func:`default_vgg_weights_path`.
+        allow_random_backbone: tests/demos only — a VGG trunk with random weights (fixed seed) and the real
+            LPIPS heads. It is not a perceptual metric; a warning says so.
+    Raises:
+        FileNotFoundError: the VGG16 weights are missing (and ``allow_random_backbone`` is false).
+    """
+    global _warned_stand_in
+    if allow_random_backbone:
+        with torch.random.fork_rng(devices=[]):  # same stand-in every time, global RNG untouched
+            torch.manual_seed(STAND_IN_SEED)
+            net = _make_lpips_net()
+        if not _warned_stand_in:
+            log.warning(
+                "LPIPS uses a RANDOM VGG16 backbone (allow_random_backbone=true): a stand-in for "
+                "tests/demos, not a real perceptual metric"
+            )
+            _warned_stand_in = True
+        return LPIPS(net, stand_in=True)
+
+    path = Path(vgg_weights) if vgg_weights is not None else default_vgg_weights_path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"LPIPS needs the torchvision VGG16 ImageNet weights {path.name} at {path}: download {VGG16_URL} "
+            f"there (or set vgg_weights=<path>); allow_random_backbone=true exists for tests/demos only"
+        )
+    net = _make_lpips_net()
+    _load_vgg_trunk(net.net, path)
+    return LPIPS(net, stand_in=False)
