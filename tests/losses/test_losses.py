@@ -34,7 +34,7 @@ def test_missing_vgg_weights_is_one_clear_line(tmp_path, monkeypatch):
     assert "\n" not in msg
     assert VGG16_FILENAME in msg and str(expected) in msg and "allow_random_backbone" in msg
     with pytest.raises(FileNotFoundError, match="elsewhere.pth"):
-        build_lpips(vgg_weights=tmp_path / "elsewhere.pth")
+        build_lpips(backbone_weights=tmp_path / "elsewhere.pth")
 
 
 def test_stand_in_is_frozen_deterministic_and_warns(stand_in, caplog, monkeypatch):
@@ -92,14 +92,14 @@ def test_real_mode_loads_torchvision_vgg_layout(stand_in, tmp_path):
     fake["classifier.0.weight"] = torch.zeros(2, 2)  # the real file also holds the classifier; it is ignored
     path = tmp_path / VGG16_FILENAME
     torch.save(fake, path)
-    real = build_lpips(vgg_weights=path)
+    real = build_lpips(backbone_weights=path)
     assert not real.stand_in
     loaded = real.net.net.state_dict()
     for key, value in stand_in.net.net.state_dict().items():
         torch.testing.assert_close(loaded[key], value + 1.0)
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="not a torchvision VGG16"):
-        build_lpips(vgg_weights=tmp_path / "bad.pth")
+        build_lpips(backbone_weights=tmp_path / "bad.pth")
 
 
 # ------------------------------------------------------------------------------------------- GAN losses

@@ -40,13 +40,16 @@ def register_resolvers() -> None:
 
 
 def quiet_warnings() -> None:
+    """Silence start-up chatter that says nothing about this run (hardware banners, tips, deprecations inside
+    Lightning); warnings about the run itself still show."""
     for pattern in (
         ".*does not have many workers.*",
         ".*The number of training batches.*",
-        ".*predict_dataloader.*",
-        ".*LightningModule.*Warning.*",
+        ".*isinstance\\(treespec, LeafSpec\\).*",
+        ".*Using ModelCheckpoint with manual optimization.*",  # GAN stages: the state after the step is intended
     ):
         warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 def newest_checkpoint(folder: str | Path) -> Path | None:

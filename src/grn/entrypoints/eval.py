@@ -98,8 +98,9 @@ def report(cfg: DictConfig, c2i_ckpt: Path, run_dir: Path, train_seconds: dict |
     pipe = GRNPipeline.from_checkpoint(c2i_ckpt, ema="ema1")
     sampler = sampler_settings(cfg.sampler)
     metrics, images, classes = evaluate(pipe, cfg.eval, sampler, int(cfg.sampler.seed))
-    per_row = 8
-    save_image(((class_grid(images, classes, per_row) + 1) / 2).clamp(0, 1), run_dir / "samples.png", nrow=per_row, padding=2)
+    per_row = min(8, int(cfg.eval.num_per_class))  # one row per class
+    grid = ((class_grid(images, classes, per_row) + 1) / 2).clamp(0, 1)
+    save_image(grid, run_dir / "samples.png", nrow=per_row, padding=2, pad_value=0.5)
     timings = {k: v for k, v in (train_seconds or {}).items() if k.endswith("_seconds")}
     record = {
         **metrics,

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from grn.callbacks.progress import StepProgressBar
 from grn.entrypoints.common import CONF_DIR, newest_checkpoint, quiet_warnings
 
 log = logging.getLogger("grn.train")
@@ -70,12 +71,14 @@ def resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
     return cfg.ckpt_path
 
 
-def build_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list[L.Callback]:
+def build_callbacks(cfg: DictConfig, name: str, ckpt_dir: Path) -> list[L.Callback]:
     callbacks = []
     for conf in (cfg.get("callbacks") or {}).values():
         cb = instantiate(conf)
         if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = str(ckpt_dir)
+        if isinstance(cb, StepProgressBar):
+            cb.description = name
         callbacks.append(cb)
     return callbacks
 
@@ -96,7 +99,7 @@ def train_stage(cfg: DictConfig, name: str) -> Path:
         max_steps=max_steps,
         val_check_interval=val_every,
         check_val_every_n_epoch=None,
-        callbacks=build_callbacks(cfg, ckpt_dir),
+        callbacks=build_callbacks(cfg, name, ckpt_dir),
         logger=loggers or False,
         default_root_dir=str(stage_dir),
     )
@@ -104,9 +107,10 @@ def train_stage(cfg: DictConfig, name: str) -> Path:
     if resume:
         log.info("stage %s: resuming from %s", name, resume)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    # The periodic callback saves every N steps only; the stage's final state is always written (atomically), so
+    # last.ckpt is the trained result the next stage reads and a re-run resumes from.
     last = ckpt_dir / "last.ckpt"
-    if not last.is_file():  # the checkpoint callback was switched off: still leave the stage's result behind
-        trainer.save_checkpoint(last)
+    trainer.save_checkpoint(last)
     return last
 
 

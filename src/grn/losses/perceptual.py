@@ -1,8 +1,8 @@
-"""LPIPS perceptual distance (the ``lpips`` package, VGG16 trunk), loaded strictly offline.
+"""LPIPS perceptual distance (the ``lpips`` package; VGG16 trunk by default, AlexNet as in the LPIPS paper),
+loaded strictly offline.
 
-The LPIPS linear heads ship inside the ``lpips`` package. The VGG16 trunk is the torchvision ImageNet
-checkpoint, read from a path or the torch hub cache — never downloaded. A random-trunk stand-in exists for
-tests and demos.
+The LPIPS linear heads ship inside the ``lpips`` package. The trunk is the torchvision ImageNet checkpoint, read
+from a path or the torch hub cache — never downloaded. A random-trunk stand-in exists for tests and demos.
 """
 
 from __future__ import annotations
@@ -15,30 +15,42 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["LPIPS", "build_lpips", "VGG16_FILENAME", "default_vgg_weights_path"]
+__all__ = [
+    "LPIPS",
+    "BACKBONE_FILES",
+    "VGG16_FILENAME",
+    "build_lpips",
+    "default_backbone_path",
+    "default_vgg_weights_path",
+]
 
 log = logging.getLogger(__name__)
 
 VGG16_FILENAME = "vgg16-397923af.pth"
-VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILENAME}"
+# torchvision ImageNet checkpoints of the trunks LPIPS supports (the heads ship inside the lpips package)
+BACKBONE_FILES = {"vgg": VGG16_FILENAME, "alex": "alexnet-owt-7be5be79.pth"}
 STAND_IN_SEED = 0
 _warned_stand_in = False
 
 
+def default_backbone_path(net: str = "vgg") -> Path:
+    """``<torch hub dir>/checkpoints/<torchvision file>``: ``$TORCH_HOME/hub/...``, torchvision's cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / BACKBONE_FILES[net]
+
+
 def default_vgg_weights_path() -> Path:
-    """``<torch hub dir>/checkpoints/vgg16-397923af.pth``: ``$TORCH_HOME/hub/...``, torchvision's cache."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILENAME
+    return default_backbone_path("vgg")
 
 
-def _make_lpips_net():
+def _make_lpips_net(net_name: str = "vgg"):
     import lpips
 
     with warnings.catch_warnings():
         # lpips builds the trunk through torchvision's deprecated `pretrained=` argument; with
         # pnet_rand=True it means "no weights", which is what we want (we load the trunk ourselves)
         warnings.simplefilter("ignore", UserWarning)
-        # pretrained=True: the linear heads come from the package's own weights/v0.1/vgg.pth (no download)
-        net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False, eval_mode=False)
+        # pretrained=True: the linear heads come from the package's own weights/v0.1/<net>.pth (no download)
+        net = lpips.LPIPS(net=net_name, pretrained=True, pnet_rand=True, verbose=False, eval_mode=False)
     # The heads' dropout is the only train/eval-dependent layer. Swapping it for an identity (same indices, so
     # the state-dict keys are unchanged) makes the metric the same in either mode: a parent's .train() cannot
     # change it, and the module need not be pinned to eval mode (which Lightning warns about).
@@ -49,15 +61,16 @@ def _make_lpips_net():
     return net
 
 
-def _load_vgg_trunk(net: nn.Module, path: Path) -> None:
-    """Copy torchvision ``features.{i}.*`` VGG16 weights into lpips' ``slice{k}.{i}.*`` trunk."""
+def _load_trunk(net: nn.Module, path: Path, net_name: str = "vgg") -> None:
+    """Copy torchvision ``features.{i}.*`` weights (VGG16 or AlexNet) into lpips' ``slice{k}.{i}.*`` trunk."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     mapped = {}
     for key in net.state_dict():
         _, index, param = key.split(".")  # slice<k>.<torchvision features index>.<weight|bias>
         src = f"features.{index}.{param}"
         if src not in state:
-            raise ValueError(f"{path} is not a torchvision VGG16 state dict (no '{src}')")
+            kind = {"vgg": "VGG16", "alex": "AlexNet"}[net_name]
+            raise ValueError(f"{path} is not a torchvision {kind} state dict (no '{src}')")
         mapped[key] = state[src]
     net.load_state_dict(mapped, strict=True)
 
@@ -86,36 +99,42 @@ class LPIPS(nn.Module):
         return self.net(x, y).reshape(x.shape[0])
 
 
-def build_lpips(vgg_weights: str | os.PathLike | None = None, allow_random_backbone: bool = False) -> LPIPS:
-    """Frozen LPIPS-VGG module (see :class:`LPIPS`).
+def build_lpips(
+    backbone_weights: str | os.PathLike | None = None, allow_random_backbone: bool = False, net: str = "vgg"
+) -> LPIPS:
+    """Frozen LPIPS module (see :class:`LPIPS`).
 
     Args:
-        vgg_weights: torchvision VGG16 ImageNet weights (``vgg16-397923af.pth``); default: the torch
-            hub cache, :func:`default_vgg_weights_path`.
-        allow_random_backbone: tests/demos only — a VGG trunk with random weights (fixed seed) and the real
+        backbone_weights: torchvision ImageNet weights of the trunk (``vgg16-397923af.pth`` for ``vgg``,
+            ``alexnet-owt-7be5be79.pth`` for ``alex``); default: the torch hub cache, :func:`default_backbone_path`.
+        allow_random_backbone: tests/demos only — a trunk with random weights (fixed seed) and the real
             LPIPS heads. It is not a perceptual metric; a warning says so.
+        net: ``vgg`` (the VQGAN/GRN choice) or ``alex`` (the LPIPS paper's default; ~20x cheaper).
     Raises:
-        FileNotFoundError: the VGG16 weights are missing (and ``allow_random_backbone`` is false).
+        FileNotFoundError: the trunk weights are missing (and ``allow_random_backbone`` is false).
     """
     global _warned_stand_in
+    if net not in BACKBONE_FILES:
+        raise ValueError(f"unknown LPIPS net {net!r}; choose one of {sorted(BACKBONE_FILES)}")
     if allow_random_backbone:
         with torch.random.fork_rng(devices=[]):  # same stand-in every time, global RNG untouched
             torch.manual_seed(STAND_IN_SEED)
-            net = _make_lpips_net()
+            lp = _make_lpips_net(net)
         if not _warned_stand_in:
             log.warning(
-                "LPIPS uses a RANDOM VGG16 backbone (allow_random_backbone=true): a stand-in for "
+                f"LPIPS uses a RANDOM {dict(vgg='VGG16', alex='AlexNet')[net]} backbone (allow_random_backbone=true): a stand-in for "
                 "tests/demos, not a real perceptual metric"
             )
             _warned_stand_in = True
-        return LPIPS(net, stand_in=True)
+        return LPIPS(lp, stand_in=True)
 
-    path = Path(vgg_weights) if vgg_weights is not None else default_vgg_weights_path()
+    path = Path(backbone_weights) if backbone_weights is not None else default_backbone_path(net)
     if not path.is_file():
+        url = f"https://download.pytorch.org/models/{BACKBONE_FILES[net]}"
         raise FileNotFoundError(
-            f"LPIPS needs the torchvision VGG16 ImageNet weights {path.name} at {path}: download {VGG16_URL} "
-            f"there (or set vgg_weights=<path>); allow_random_backbone=true exists for tests/demos only"
+            f"LPIPS ({net}) needs the torchvision ImageNet weights {path.name} at {path}: download {url} "
+            f"there (or set backbone_weights=<path>); allow_random_backbone=true exists for tests/demos only"
         )
-    net = _make_lpips_net()
-    _load_vgg_trunk(net.net, path)
-    return LPIPS(net, stand_in=False)
+    lp = _make_lpips_net(net)
+    _load_trunk(lp.net, path, net)
+    return LPIPS(lp, stand_in=False)
