@@ -93,3 +93,18 @@ def test_lr_scales_with_global_batch():
 
     module._trainer = FakeTrainer()  # only what learning_rate() reads
     assert module.learning_rate() == pytest.approx(5e-5 * 256 / 256)
+
+
+def test_sample_labels_returns_index_labels_for_both_targets():
+    from grn.lit_modules.generator import sample_labels
+
+    for target in ("index", "bits"):
+        torch.manual_seed(0)
+        module = GeneratorLitModule(net={**NET, "target": target})
+        y = torch.tensor([0, 2, 1])
+        res = sample_labels(module.net, y, torch.Generator().manual_seed(0), num_steps=3, cfg_scale=2.0)
+        assert res.labels.shape == (3, 2, 4, 4)  # index layout [B, d, h, w] whatever the network predicts
+        assert res.labels.min() >= 0 and res.labels.max() < 4
+        again = sample_labels(module.net, y, torch.Generator().manual_seed(0), num_steps=3, cfg_scale=2.0)
+        assert torch.equal(res.labels, again.labels)
+        assert module.net.training  # sampling restores the mode it found
