@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from rich.progress import Progress
 
 from grn.lit_modules.generator import load_generator, sample_labels
@@ -20,10 +21,12 @@ from grn.models.generator import GRN
 
 @dataclass
 class PipelineOutput:
-    """images: float ``[B, 3, H, W]`` in [-1, 1]; labels: int64 index labels ``[B, d, h, w]``; stats: per-step."""
+    """images: float ``[B, 3, H, W]`` in [-1, 1]; labels: int64 index labels ``[B, d, h, w]``; steps: int64
+    ``[B]`` refinement steps per image; stats: per-step statistics of the sampler."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    steps: torch.Tensor | None = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -60,22 +63,57 @@ class GRNPipeline:
 
     from_pretrained = from_checkpoint
 
+    @property
+    def image_size(self) -> int:
+        return self.generator.input_size * self.tokenizer.spatial_stride
+
+    def latent_region(self, mask: torch.Tensor) -> torch.Tensor:
+        """Pixel mask ``[B, 1, H, W]`` (True/1 = regenerate) -> token mask ``[B, 1, h, w]``: a token is
+        regenerated if any pixel of its patch is masked."""
+        stride = self.tokenizer.spatial_stride
+        return F.max_pool2d(mask.float(), stride, stride) > 0
+
     @torch.no_grad()
     def __call__(
-        self, classes: list[int] | torch.Tensor, seed: int = 0, progress: bool = False, **sampler: Any
+        self,
+        classes: list[int] | torch.Tensor,
+        seed: int = 0,
+        progress: bool = False,
+        init: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        **sampler: Any,
     ) -> PipelineOutput:
-        """Generate one image per class id. ``sampler``: num_steps, cfg_scale, cfg_interval, temperature,
-        schedule. Same seed and device -> same images."""
+        """Generate one image per class id; same seed and device -> same images.
+
+        Args:
+            classes: class ids ``[B]``.
+            init, mask: region re-generation. ``init`` pixels ``[B or 1, 3, H, W]`` in [-1, 1] (an existing image
+                or an earlier sample) and ``mask`` ``[B or 1, 1, H, W]``, nonzero where to regenerate. Tokens
+                outside the (token-rounded) mask keep the encoded labels of ``init`` exactly.
+            sampler: num_steps, schedule, cfg_scale, cfg_interval, temperature, selection, ... (``sampler``
+                config group).
+        """
         y = torch.as_tensor(classes, dtype=torch.long, device=self.device).view(-1)
         if (y < 0).any() or (y >= self.generator.num_classes).any():
             raise ValueError(f"class ids must be in [0, {self.generator.num_classes}), got {y.tolist()}")
+        known = region = None
+        if (init is None) != (mask is None):
+            raise ValueError("region re-generation needs both init (the image) and mask (where to regenerate)")
+        if init is not None:
+            size = self.image_size
+            if init.shape[-2:] != (size, size) or mask.shape[-2:] != (size, size):
+                raise ValueError(f"init and mask must be {size}x{size}, got {list(init.shape)} and {list(mask.shape)}")
+            known = self.tokenizer.encode(init.to(self.device), target="index").expand(len(y), -1, -1, -1)
+            region = self.latent_region(mask.to(self.device)).expand(len(y), -1, -1, -1)
         g = torch.Generator(device=self.device).manual_seed(int(seed))
-        steps = int(sampler.get("num_steps", 50))
+        total = int(sampler.get("t_max" if sampler.get("schedule") == "complexity_aware" else "num_steps", 50))
         if progress:
             with Progress(transient=True) as bar:
-                task = bar.add_task(f"refining {len(y)} image(s)", total=steps)
-                result = sample_labels(self.generator, y, g, callback=lambda i: bar.advance(task), **sampler)
+                task = bar.add_task(f"refining {len(y)} image(s)", total=total)
+                result = sample_labels(
+                    self.generator, y, g, known=known, region=region, callback=lambda i: bar.advance(task), **sampler
+                )
         else:
-            result = sample_labels(self.generator, y, g, **sampler)
+            result = sample_labels(self.generator, y, g, known=known, region=region, **sampler)
         images = self.tokenizer.decode_labels(result.labels, target="index").clamp(-1, 1)
-        return PipelineOutput(images=images, labels=result.labels, stats=result.stats)
+        return PipelineOutput(images=images, labels=result.labels, steps=result.steps, stats=result.stats)

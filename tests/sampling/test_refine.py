@@ -113,3 +113,108 @@ def test_entropy_is_normalised():
     peaked = torch.full((2, 16, 3), -1e4)
     peaked[:, 0] = 0
     assert torch.allclose(normalized_entropy(peaked), torch.zeros(2), atol=1e-6)
+
+
+
+class EntropyNet(torch.nn.Module):
+    """Class 0: confident (peaked) logits; class 1: flat logits. Records the batch size of every call."""
+
+    def __init__(self, k=8):
+        super().__init__()
+        self.k, self.sizes = k, []
+
+    def forward(self, z, t, y):
+        self.sizes.append(z.shape[0])
+        logits = torch.zeros(z.shape[0], self.k, *z.shape[1:])
+        logits[y == 0, 0] = 30.0
+        return logits
+
+
+def test_complexity_aware_step_counts_follow_entropy():
+    net = EntropyNet()
+    y = torch.tensor([0, 1, 0, 1])
+    res = refine(net, y, (2, 4, 4), 8, schedule="complexity_aware", warmup_steps=3, alpha=20, k=40.0, b=8.0,
+                 t_min=6, t_max=40, generator=torch.Generator().manual_seed(0))
+    # H ~ 0 -> round(40·0 + 8) = 8 steps; H = 1 -> round(48) clipped to 40
+    assert res.steps.tolist() == [8, 40, 8, 40]
+    assert res.stats["warmup_entropy"][0] < 1e-6 and res.stats["warmup_entropy"][1] == pytest.approx(1.0)
+    # finished samples leave the batch: no forward pass is spent on them
+    assert net.sizes == [4] * 8 + [2] * 32
+    assert res.stats["active"].tolist() == [4] * 8 + [2] * 32
+    assert torch.all(res.labels[0] == 0)
+
+
+def test_complexity_aware_with_k0_equals_fixed_linear():
+    kw = dict(generator=None, temperature=1.3)
+    a = refine(RecordingNet(), torch.tensor([0, 1, 2]), (3, 4, 4), 4, schedule="complexity_aware", warmup_steps=5,
+               alpha=20, k=0.0, b=20.0, t_min=10, t_max=30, **{**kw, "generator": torch.Generator().manual_seed(5)})
+    b = refine(RecordingNet(), torch.tensor([0, 1, 2]), (3, 4, 4), 4, schedule="linear", num_steps=20,
+               **{**kw, "generator": torch.Generator().manual_seed(5)})
+    assert a.steps.tolist() == [20, 20, 20]
+    assert torch.equal(a.labels, b.labels)
+
+
+def test_power_cos_guidance():
+    from grn.sampling.guidance import guidance_scales
+
+    t = torch.tensor([0.0, 0.5, 1.0])
+    s = guidance_scales(t, 2.0, cfg_type="power_cos", cfg_power=1.0)
+    assert s.tolist() == pytest.approx([1.0, 2.0, 3.0])  # 1 + cfg·(1 - cos(pi t))/2
+    net = RecordingNet()
+    run(net, num_steps=4, cfg_scale=2.0, cfg_type="power_cos")
+    assert [bsz for bsz, _, _ in net.calls] == [5, 10, 10, 10]  # w(0) = 0: no unconditional pass at t = 0
+
+
+class NoiseNet(torch.nn.Module):
+    """Fresh random logits on every call (from its own seeded generator)."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k, self.g, self.inputs = k, torch.Generator().manual_seed(0), []
+
+    def forward(self, z, t, y):
+        self.inputs.append(z.clone())
+        return torch.randn(z.shape[0], self.k, *z.shape[1:], generator=self.g)
+
+
+@pytest.mark.parametrize("selection", ["random", "confidence"])
+def test_mask_baseline_never_revises_kept_tokens(selection):
+    k = 1000  # large K: a noise token equals the final one by chance with p = 1/1000
+    for revise in (False, True):
+        net = NoiseNet(k)
+        res = refine(net, torch.zeros(4, dtype=torch.long), (2, 8, 8), k, num_steps=8, selection=selection,
+                     revise=revise, generator=torch.Generator().manual_seed(1))
+        noise = net.inputs[0]  # step 0 sees the initial noise map
+        maps = [*net.inputs, res.labels]
+        # tokens that held a prediction (not the noise) and then changed value at the next step
+        revised = sum(int(((a != noise) & (b != a)).sum()) for a, b in zip(maps[1:], maps[2:]))
+        if revise:
+            assert revised > 100  # GRN re-draws its kept set every step
+        else:
+            assert revised <= 3  # chance coincidences with the noise only
+
+
+def test_confidence_selection_keeps_exact_counts():
+    from grn.sampling.selection import select_keep
+
+    conf = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    sel = torch.ones_like(conf, dtype=torch.bool)
+    keep = select_keep("confidence", torch.tensor([0.25, 0.5]), torch.zeros(2), conf, None, sel, None)
+    assert keep.flatten(1).sum(1).tolist() == [12, 24]
+    assert conf[0][keep[0]].min() >= conf[0][~keep[0]].max()  # the most confident ones
+
+
+def test_region_regeneration_keeps_outside_bit_identical():
+    known = torch.randint(0, 4, (5, 3, 4, 4), generator=torch.Generator().manual_seed(2))
+    region = torch.zeros(5, 1, 4, 4, dtype=torch.bool)
+    region[:, :, 1:3, 1:3] = True
+    net = RecordingNet()
+    res = run(net, num_steps=6, known=known, region=region, temperature=2.0)
+    outside = ~region.expand_as(known)
+    assert torch.equal(res.labels[outside], known[outside])
+    assert not torch.equal(res.labels[~outside], known[~outside])
+    # the network is told that the given tokens are real: t_in = share given + share of region · t
+    share_known = 1 - 4 / 16
+    assert net.calls[0][1] == pytest.approx(share_known)
+    with pytest.raises(ValueError, match="both known labels and a region"):
+        run(RecordingNet(), num_steps=2, known=known)

@@ -106,11 +106,11 @@ def train_stage(cfg: DictConfig, name: str) -> Path:
     resume = resume_path(cfg, ckpt_dir)
     if resume:
         log.info("stage %s: resuming from %s", name, resume)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     # The periodic callback saves every N steps only; the stage's final state is always written (atomically), so
     # last.ckpt is the trained result the next stage reads and a re-run resumes from.
     last = ckpt_dir / "last.ckpt"
-    trainer.save_checkpoint(last)
+    trainer.save_checkpoint(last, weights_only=False)  # the full state: optimisers, schedulers, loops
     return last
 
 

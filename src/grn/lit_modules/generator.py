@@ -195,26 +195,40 @@ class GeneratorLitModule(L.LightningModule):
 
 
 def sample_labels(
-    net: GRN, classes: torch.Tensor, generator: torch.Generator | None = None, **sampler: Any
+    net: GRN,
+    classes: torch.Tensor,
+    generator: torch.Generator | None = None,
+    known: torch.Tensor | None = None,
+    region: torch.Tensor | None = None,
+    **sampler: Any,
 ) -> RefineResult:
-    """Run the refinement sampler with ``net`` and return index labels ``[B, d, h, w]`` (bits are converted).
+    """Run the refinement sampler with ``net``; returns index labels ``[B, d, h, w]`` (bits are converted).
 
-    ``sampler`` holds the ``sampler`` config keys: num_steps, cfg_scale, cfg_interval, temperature, schedule
-    (``seed`` is ignored here: pass a seeded ``generator``).
+    Args:
+        known, region: region re-generation — index labels ``[B, d, h, w]`` to keep and a bool mask
+            ``[B, 1, h, w]`` (or broadcastable) that is True where to generate.
+        sampler: the ``sampler`` config keys (num_steps, cfg_scale, cfg_interval, temperature, schedule, ...);
+            ``seed`` is ignored here: pass a seeded ``generator``.
     """
     opts = {k: v for k, v in sampler.items() if k != "seed"}
+    if known is not None and net.target == "bits":
+        known = hbq.index_labels_to_bit_labels(known, net.hbq_rounds)
     was_training = net.training
     net.eval()
-    result = refine(
-        net,
-        classes,
-        (net.label_channels, net.input_size, net.input_size),
-        net.num_levels,
-        null_class=net.num_classes,
-        generator=generator,
-        **opts,
-    )
-    net.train(was_training)
+    try:
+        result = refine(
+            net,
+            classes,
+            (net.label_channels, net.input_size, net.input_size),
+            net.num_levels,
+            null_class=net.num_classes,
+            generator=generator,
+            known=known,
+            region=region,
+            **opts,
+        )
+    finally:
+        net.train(was_training)
     if net.target == "bits":
         result.labels = hbq.bit_labels_to_index_labels(result.labels, net.hbq_rounds)
     return result

@@ -1,10 +1,16 @@
-"""The GRN refinement sampler (paper Alg. 3).
+"""The GRN refinement sampler (paper Alg. 3), with the paper's variants.
 
-Start from a uniformly random label map ``z_0 = noise`` drawn once. At step i the network sees ``z_i`` with the
-keep-probability t_i and predicts every token; a sample ``y_hat`` is drawn from the (guided, tempered) logits, and
-each token of the next map is the new prediction with probability t_{i+1}, else the initial noise:
-``z_{i+1} = where(rand < t_{i+1}, y_hat, noise)``. Because the kept set is re-drawn at every step, tokens are
-filled, refined and erased; with t_T = 1 the last map is the sample.
+Start from a uniformly random label map ``noise`` drawn once. At step i the network sees the current map with
+its keep-probability t_i and predicts every token; a sample ``y_hat`` is drawn from the (guided, tempered)
+logits, and the next map keeps a share t_{i+1} of the new predictions, the rest reverting to the initial noise:
+``z_{i+1} = where(keep, y_hat, noise)``. Because the kept set is re-drawn at every step, tokens are filled,
+refined and erased; at t_T = 1 the map is the sample.
+
+Options: the keep-probability schedule (linear, cosine, complexity-aware with a per-sample step count from the
+prediction entropy, paper Eq. 8-9), guidance (interval or power-cos), the selection of kept tokens (random or
+by confidence), the mask-based baseline that never revises a kept token, and region re-generation: given
+``known`` labels and a ``region`` mask, only the region is generated and every token outside it is returned
+exactly as given.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grn.sampling.guidance import apply_guidance, guidance_scale
-from grn.sampling.schedules import keep_probs
+from grn.sampling.guidance import apply_guidance, guidance_scales
+from grn.sampling.schedules import SCHEDULES, complexity_steps, keep_prob
+from grn.sampling.selection import select_keep
 
 # net(labels [B, C, h, w], t [B], y [B]) -> logits [B, K, C, h, w]
 Network = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -24,9 +31,11 @@ Network = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class RefineResult:
-    """labels: int64 ``[B, C, h, w]``; stats: per-step float tensors ``[T]`` (on the sampling device)."""
+    """labels: int64 ``[B, C, h, w]``; steps: int64 ``[B]``, the steps each sample took;
+    stats: per-step float tensors ``[max steps]`` (means over the samples still refining) and per-sample ones."""
 
     labels: torch.Tensor
+    steps: torch.Tensor | None = None
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -42,11 +51,17 @@ def sample_categorical(logits: torch.Tensor, temperature: float, generator: torc
     return (logits.float() / temperature + gumbel).argmax(dim=1)
 
 
-def normalized_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Paper Eq. 8: mean over tokens of the prediction entropy divided by log K -> ``[B]`` in [0, 1]."""
+def normalized_entropy(logits: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+    """Paper Eq. 8: mean over tokens of the prediction entropy divided by log K -> ``[B]`` in [0, 1].
+
+    ``where`` (bool, broadcastable to ``[B, C, h, w]``) restricts the mean to some tokens (a region).
+    """
     logp = torch.log_softmax(logits.float(), dim=1)
-    ent = -(logp.exp() * logp).sum(dim=1)  # exp(logp)·logp is 0 where p underflows, never NaN
-    return ent.flatten(1).mean(dim=1) / math.log(logits.shape[1])
+    ent = -(logp.exp() * logp).sum(dim=1) / math.log(logits.shape[1])  # exp(logp)·logp is 0, never NaN, at p=0
+    if where is None:
+        return ent.flatten(1).mean(dim=1)
+    w = where.expand_as(ent).float()
+    return (ent * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1.0)
 
 
 @torch.no_grad()
@@ -59,10 +74,22 @@ def refine(
     schedule: str = "linear",
     cfg_scale: float = 1.0,
     cfg_interval: Sequence[float] = (0.0, 1.0),
+    cfg_type: str = "interval",
+    cfg_power: float = 1.0,
     temperature: float = 1.0,
     null_class: int | None = None,
     generator: torch.Generator | None = None,
     snr_shift: float = 1.0,
+    selection: str = "random",
+    revise: bool = True,
+    warmup_steps: int = 5,
+    alpha: float = 50.0,
+    k: float = 0.0,
+    b: float = 50.0,
+    t_min: int = 10,
+    t_max: int = 50,
+    known: torch.Tensor | None = None,
+    region: torch.Tensor | None = None,
     callback: Callable[[int], None] | None = None,
 ) -> RefineResult:
     """Run the refinement loop.
@@ -72,52 +99,117 @@ def refine(
         y: int64 ``[B]`` class ids.
         label_shape: ``(C, h, w)`` of one label map.
         num_levels: K, classes per label (2^M for index labels, 2 for bits).
-        cfg_scale, cfg_interval: guidance; the unconditional branch (class ``null_class``) runs only on steps where
-            the scale is not 1, batched with the conditional one.
+        num_steps: T for the ``linear`` and ``cosine`` schedules.
+        schedule: ``linear`` | ``cosine`` (with ``snr_shift``) | ``complexity_aware``: the first
+            ``warmup_steps`` follow a linear schedule over ``alpha`` steps, then each sample's step count becomes
+            ``clip(round(k·H + b), t_min, t_max)`` from its Eq. 8 entropy H at the end of the warm-up.
+        cfg_scale, cfg_interval, cfg_type, cfg_power: guidance (see :mod:`grn.sampling.guidance`); the
+            unconditional pass (class ``null_class``) runs only for samples whose scale is not 1, batched with
+            the conditional one.
         temperature: tau; logits are divided by it before sampling.
+        selection, revise: which predictions are kept (see :mod:`grn.sampling.selection`).
+        known, region: region re-generation. ``known`` int64 ``[B, C, h, w]`` labels to keep, ``region`` bool
+            broadcastable to it, True where to generate. Outside the region the output equals ``known``.
         generator: the source of all randomness (same seed and device -> same samples).
         callback: called with the step index after each step (progress bars).
     Returns:
-        :class:`RefineResult` with labels ``[B, C, h, w]`` and per-step stats ``keep_prob``, ``cfg_scale``,
-        ``entropy`` (mean Eq. 8 entropy of the conditional prediction) and ``kept_fraction`` (realised share of
-        tokens taken from the prediction for the next step).
+        :class:`RefineResult`; stats ``keep_prob``, ``cfg_scale``, ``entropy`` (Eq. 8 of the conditional
+        prediction), ``kept_fraction`` (share of the region kept from the prediction for the next step),
+        ``active`` (samples still refining) per step, and per sample ``warmup_entropy`` (complexity-aware).
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+    if (known is None) != (region is None):
+        raise ValueError("region re-generation needs both known labels and a region mask")
     device = y.device
-    b = y.shape[0]
-    shape = (b, *label_shape)
-    ts = keep_probs(num_steps, schedule, snr_shift)
-    scales = [guidance_scale(float(ts[i]), cfg_scale, cfg_interval) for i in range(num_steps)]
-    if any(s != 1.0 for s in scales) and null_class is None:
-        raise ValueError("guidance needs null_class (the unconditional class id)")
+    bsz = y.shape[0]
+    shape = (bsz, *label_shape)
+    aware = schedule == "complexity_aware"
+    if aware and not 0 < warmup_steps < t_min <= t_max:
+        raise ValueError(f"complexity-aware sampling needs 0 < warmup_steps < t_min <= t_max, got "
+                         f"{warmup_steps}, {t_min}, {t_max}")
+    total = torch.full((bsz,), float(alpha if aware else num_steps), dtype=torch.float64, device=device)
+    max_steps = int(t_max if aware else num_steps)
+    if max_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    lin_schedule = "linear" if aware else schedule
 
     noise = torch.randint(0, num_levels, shape, generator=generator, device=device)
-    z = noise
-    entropy = torch.zeros(num_steps, device=device)
-    kept = torch.zeros(num_steps, device=device)
+    if known is not None:
+        if known.shape != shape:
+            raise ValueError(f"known labels must be {list(shape)}, got {list(known.shape)}")
+        selectable = region.to(device=device, dtype=torch.bool).expand(shape)
+        known_share = 1.0 - selectable.flatten(1).float().mean(1).double()  # share of tokens given, per sample
+        z = torch.where(selectable, noise, known)
+    else:
+        selectable = torch.ones(shape, dtype=torch.bool, device=device)
+        known_share = torch.zeros(bsz, dtype=torch.float64, device=device)
+        z = noise
+    frozen = None if revise else torch.zeros(shape, dtype=torch.bool, device=device)
     null = torch.full_like(y, null_class) if null_class is not None else None
-    for i in range(num_steps):
-        t = torch.full((b,), float(ts[i]), device=device)
-        if scales[i] != 1.0:
-            both = net(torch.cat([z, z]), torch.cat([t, t]), torch.cat([y, null]))
-            cond, uncond = both.chunk(2)
-            logits = apply_guidance(cond.float(), uncond.float(), scales[i])
+    steps = torch.zeros(bsz, dtype=torch.long, device=device)
+    done = torch.zeros(bsz, dtype=torch.bool, device=device)
+    warm_entropy = torch.full((bsz,), float("nan"), device=device)
+    rec = {key: torch.zeros(max_steps, device=device) for key in ("keep_prob", "cfg_scale", "entropy", "kept_fraction", "active")}
+
+    for i in range(max_steps):
+        idx = (~done).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        t_now = keep_prob(i, total[idx], lin_schedule, snr_shift)  # nominal, over the region
+        # the network is told the share of real tokens in its whole input: the given ones count as real
+        t_in = (known_share[idx] + (1.0 - known_share[idx]) * t_now).float()
+        scale = guidance_scales(t_now, cfg_scale, cfg_interval, cfg_type, cfg_power)
+        guided = (scale != 1.0).nonzero().squeeze(1)
+        if guided.numel() and null is None:
+            raise ValueError("guidance needs null_class (the unconditional class id)")
+        z_a, y_a = z[idx], y[idx]
+        if guided.numel():
+            out = net(torch.cat([z_a, z_a[guided]]), torch.cat([t_in, t_in[guided]]), torch.cat([y_a, null[idx][guided]]))
+            cond, uncond = out[: idx.numel()], out[idx.numel() :]
+            logits = cond.float().clone()
+            logits[guided] = apply_guidance(cond[guided].float(), uncond.float(), scale[guided])
         else:
-            cond = logits = net(z, t, y)
-        entropy[i] = normalized_entropy(cond).mean()
+            cond = logits = net(z_a, t_in, y_a)
+        sel_a = selectable[idx]
+        entropy = normalized_entropy(cond, sel_a if known is not None else None)
         pred = sample_categorical(logits, temperature, generator)
+        confidence = None
+        if selection == "confidence":
+            logp = torch.log_softmax(logits.float() / max(temperature, 1e-6), dim=1)
+            confidence = logp.gather(1, pred.unsqueeze(1)).squeeze(1)
+
+        if aware and i + 1 == warmup_steps:  # Eq. 9: the entropy after the warm-up sets the step count
+            warm_entropy[idx] = entropy
+            total[idx] = complexity_steps(entropy, k, b, t_min, t_max).double()
+        t_next = keep_prob(i + 1, total[idx], lin_schedule, snr_shift)
+        finishing = t_next >= 1.0
+        keep = select_keep(selection, t_next.float(), t_now.float(), confidence,
+                           None if frozen is None else frozen[idx], sel_a, generator)
+        keep = keep | finishing.view(-1, 1, 1, 1)  # t = 1: the whole prediction
+        base = torch.where(sel_a, noise[idx], known[idx]) if known is not None else noise[idx]
+        if frozen is None:
+            z_next = torch.where(keep, pred, base)
+        else:  # frozen tokens keep their value; newly kept ones take the prediction
+            z_next = torch.where(frozen[idx], z_a, torch.where(keep, pred, base))
+            frozen[idx] = keep
+        if known is not None:
+            z_next = torch.where(sel_a, z_next, known[idx])  # outside the region: exactly the given labels
+        z[idx] = z_next
+        steps[idx] = i + 1
+        done[idx[finishing]] = True
+
+        n = float(idx.numel())
+        rec["keep_prob"][i] = t_now.float().mean()
+        rec["cfg_scale"][i] = scale.float().mean()
+        rec["entropy"][i] = entropy.mean()
+        rec["kept_fraction"][i] = ((keep & sel_a).flatten(1).sum(1).float() / sel_a.flatten(1).sum(1).clamp_min(1)).mean()
+        rec["active"][i] = n
         if callback is not None:
             callback(i)
-        if i == num_steps - 1:
-            z = pred  # t_T = 1: the final map is the full prediction
-            kept[i] = 1.0
-            break
-        keep = torch.rand(shape, generator=generator, device=device) < float(ts[i + 1])
-        kept[i] = keep.float().mean()
-        z = torch.where(keep, pred, noise)
-    stats = {
-        "keep_prob": ts[:num_steps].float().to(device),
-        "cfg_scale": torch.tensor(scales, device=device),
-        "entropy": entropy,
-        "kept_fraction": kept,
-    }
-    return RefineResult(labels=z, stats=stats)
+
+    used = int(steps.max())
+    stats = {key: v[:used] for key, v in rec.items()}
+    if aware:
+        stats["warmup_entropy"] = warm_entropy
+    return RefineResult(labels=z, steps=steps, stats=stats)

@@ -1,0 +1,84 @@
+"""Official layout: checkpoints load by name, and the fast network/sampler match the straightforward reference."""
+
+import pytest
+import torch
+
+from grn.models.convert import c2i_checkpoint, infer_c2i_config, load_official_c2i
+from grn.models.generator import build_generator
+from reference_grn import reference_logits, reference_sample  # tests/ is on sys.path via conftest
+
+
+def randomised(target="index", size="tiny", seed=0, **kw):
+    torch.manual_seed(seed)
+    net = build_generator(size, latent_dim=4, hbq_rounds=3, target=target, num_classes=10, input_size=8, **kw)
+    with torch.no_grad():
+        for name, p in net.named_parameters():  # leave the zero init: every path must carry signal
+            p.normal_(0, 0.3 if "adaLN" in name or "final_layer" in name else 0.1)
+    return net.eval()
+
+
+@pytest.mark.parametrize("target", ["index", "bits"])
+def test_fast_forward_matches_reference(target):
+    net = randomised(target)
+    labels = torch.randint(0, net.num_levels, (3, net.label_channels, 8, 8))
+    t, y = torch.tensor([0.0, 0.4, 0.9]), torch.tensor([1, 10, 4])
+    with torch.no_grad():
+        assert torch.allclose(net(labels, t, y), reference_logits(net, labels, t, y), atol=1e-5, rtol=1e-5)
+
+
+def test_sampler_matches_reference_sampler():
+    from grn.lit_modules.generator import sample_labels
+
+    net = randomised("index", seed=1)
+    y = torch.tensor([0, 3, 7, 9])
+    ours = sample_labels(net, y, torch.Generator().manual_seed(7), num_steps=6, cfg_scale=2.35,
+                         cfg_interval=[0.3, 1.0], temperature=1.31).labels
+    ref = reference_sample(net, y, 6, 2.35, (0.3, 1.0), 1.31, torch.Generator().manual_seed(7))
+    assert torch.equal(ours, ref)
+
+
+def official_file(tmp_path, net):
+    """An official-format C2I checkpoint: Denoiser state dicts (``net.`` prefix) for the live and EMA weights."""
+    sd = {f"net.{k}": v.clone() for k, v in net.state_dict().items()}
+    ema = {k: v + 0.01 for k, v in sd.items()}
+    path = tmp_path / "GRN_ind_tiny.pth"
+    torch.save({"model": sd, "model_ema1": ema, "model_ema2": sd, "epoch": 599}, path)
+    return path
+
+
+def test_official_checkpoint_loads_and_converts(tmp_path):
+    from grn.lit_modules.generator import load_generator
+
+    net = randomised("index", seed=2)
+    path = official_file(tmp_path, net)
+    loaded = load_official_c2i(path, "model", hbq_rounds=3)
+    labels = torch.randint(0, 8, (2, 4, 8, 8))
+    t, y = torch.tensor([0.2, 0.7]), torch.tensor([3, 10])
+    with torch.no_grad():
+        assert torch.allclose(loaded(labels, t, y), net(labels, t, y), atol=1e-6)
+    cfg = infer_c2i_config({k[4:]: v for k, v in torch.load(path)["model"].items()}, hbq_rounds=3)
+    assert (cfg["size"], cfg["latent_dim"], cfg["num_classes"], cfg["input_size"]) == ("tiny", 4, 10, 8)
+    out = tmp_path / "converted.ckpt"
+    torch.save(c2i_checkpoint(path, hbq_rounds=3), out)
+    ema_net, hp = load_generator(out, ema="ema1")
+    assert torch.allclose(ema_net.state_dict()["blocks.0.attn.qkv.weight"],
+                          net.state_dict()["blocks.0.attn.qkv.weight"] + 0.01)
+    with pytest.raises(KeyError, match="missing"):
+        torch.save({"model": {}}, tmp_path / "bad.pth")
+        c2i_checkpoint(tmp_path / "bad.pth")
+
+
+def test_grn_b_official_key_names():
+    """Names and shapes of facts §3.2 (GRN_B, GRN_ind, d = 16)."""
+    with torch.device("meta"):
+        sd = build_generator("grn_b", latent_dim=16, hbq_rounds=4, num_classes=1000, input_size=16).state_dict()
+    expected = {
+        "pos_embed": (1, 256, 768), "in_context_posemb": (1, 32, 768), "y_embedder.embedding_table.weight": (1001, 768),
+        "x_embedder.proj1.weight": (128, 256, 1, 1), "x_embedder.proj2.weight": (768, 128, 1, 1),
+        "blocks.0.attn.qkv.weight": (2304, 768), "blocks.0.attn.q_norm.weight": (64,),
+        "blocks.0.mlp.w12.weight": (4096, 768), "blocks.0.mlp.w3.weight": (768, 2048),
+        "blocks.0.adaLN_modulation.1.weight": (4608, 768), "final_layer.linear.weight": (256, 768),
+    }
+    for key, shape in expected.items():
+        assert tuple(sd[key].shape) == shape, key
+    assert len([k for k in sd if k.startswith("blocks.0.")]) == 14  # norms 4, qkv 2, proj 2, mlp 4, adaLN 2
