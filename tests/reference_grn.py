@@ -32,7 +32,7 @@ def reference_logits(net, labels, t, y):
     x = F.conv2d(x, sd["x_embedder.proj2.weight"], sd["x_embedder.proj2.bias"])
     x = x.flatten(2).transpose(1, 2) + sd["pos_embed"]
     half = 128
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     tf = torch.cat([torch.cos(t[:, None] * freqs), torch.sin(t[:, None] * freqs)], dim=-1)
     temb = F.linear(F.silu(F.linear(tf, sd["t_embedder.mlp.0.weight"], sd["t_embedder.mlp.0.bias"])),
                     sd["t_embedder.mlp.2.weight"], sd["t_embedder.mlp.2.bias"])
@@ -76,19 +76,19 @@ def reference_sample(net, y, num_steps, cfg_scale, cfg_interval, temperature, ge
     b = y.shape[0]
     shape = (b, net.label_channels, net.input_size, net.input_size)
     k = net.num_levels
-    noise = torch.randint(0, k, shape, generator=generator)
+    noise = torch.randint(0, k, shape, generator=generator, device=y.device)
     z = noise
     lo, hi = cfg_interval
     for i in range(num_steps):
         t_i = i / num_steps
-        t = torch.full((b,), t_i)
+        t = torch.full((b,), t_i, device=y.device)
         cond = reference_logits(net, z, t, y)
         uncond = reference_logits(net, z, t, torch.full_like(y, net.num_classes))  # always computed
         scale = cfg_scale if (t_i < hi and (lo == 0 or t_i > lo)) else 1.0
         logits = uncond + scale * (cond - uncond)
-        u = torch.rand(logits.shape, generator=generator).clamp(1e-20, 1 - 1e-7)
+        u = torch.rand(logits.shape, generator=generator, device=y.device).clamp(1e-20, 1 - 1e-7)
         pred = (logits / temperature - torch.log(-torch.log(u))).argmax(dim=1)
         if i == num_steps - 1:
             return pred
-        keep = torch.rand(shape, generator=generator) < (i + 1) / num_steps
+        keep = torch.rand(shape, generator=generator, device=y.device) < (i + 1) / num_steps
         z = torch.where(keep, pred, noise)

@@ -66,3 +66,17 @@ def test_wrong_shape_is_a_clear_error():
         tiny()(torch.zeros(1, 4, 16, 16, dtype=torch.long), torch.rand(1), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="unknown generator size"):
         build_generator("huge", latent_dim=4, hbq_rounds=4)
+
+
+def test_flash_backend_is_a_clear_error_without_the_package():
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(ImportError, match="pip install 'grn\\[gpu\\]'"):
+            tiny(attn_backend="flash")
+    else:  # with the package, the CPU path still runs (SDPA fallback) and agrees with sdpa
+        a, b = tiny(attn_backend="flash"), tiny()
+        x, t, y = torch.randint(0, 8, (1, 4, 8, 8)), torch.tensor([0.3]), torch.zeros(1, dtype=torch.long)
+        assert torch.equal(a(x, t, y), b(x, t, y))
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        tiny(attn_backend="xformers")

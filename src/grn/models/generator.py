@@ -90,10 +90,10 @@ class ClassEmbedder(nn.Module):
 class GRNBlock(nn.Module):
     """adaLN-Zero transformer block: x += g1·Attn(mod(norm(x))); x += g2·SwiGLU(mod(norm(x)))."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, attn_backend: str = "sdpa"):
         super().__init__()
         self.norm1 = RMSNorm(hidden_size)
-        self.attn = Attention(hidden_size, num_heads, qkv_bias=True, qk_norm=True)
+        self.attn = Attention(hidden_size, num_heads, qkv_bias=True, qk_norm=True, backend=attn_backend)
         self.norm2 = RMSNorm(hidden_size)
         self.mlp = SwiGLU(hidden_size, int(hidden_size * mlp_ratio * 2 / 3))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
@@ -126,6 +126,7 @@ class GRN(nn.Module):
         num_classes: number of real classes (the null class is ``num_classes``).
         input_size: side of the square label map (16 for ImageNet 256 with a stride-16 tokenizer).
         depth, hidden_size, num_heads, bottleneck, in_context_start, in_context_len, mlp_ratio: network shape.
+        attn_backend: ``sdpa`` (``F.scaled_dot_product_attention``) or ``flash`` (the flash-attn package on GPU).
     """
 
     def __init__(
@@ -142,6 +143,7 @@ class GRN(nn.Module):
         in_context_start: int = 4,
         in_context_len: int = 32,
         mlp_ratio: float = 4.0,
+        attn_backend: str = "sdpa",
     ):
         super().__init__()
         if not 0 <= in_context_start < depth:
@@ -161,7 +163,7 @@ class GRN(nn.Module):
         self.y_embedder = ClassEmbedder(num_classes, hidden_size)
         self.register_buffer("pos_embed", sincos_pos_embed_2d(hidden_size, input_size, input_size)[None])
         self.in_context_posemb = nn.Parameter(torch.zeros(1, in_context_len, hidden_size))
-        self.blocks = nn.ModuleList(GRNBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(GRNBlock(hidden_size, num_heads, mlp_ratio, attn_backend) for _ in range(depth))
         self.final_layer = FinalLayer(hidden_size, self.num_levels * self.label_channels)
 
         cos, sin = rope_2d_tables(input_size, input_size, hidden_size // num_heads)

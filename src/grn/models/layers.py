@@ -73,13 +73,42 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotate_half(x) * sin).to(dtype)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with fused qkv, per-head RMS qk-norm, RoPE and ``F.scaled_dot_product_attention``."""
+ATTN_BACKENDS = ("sdpa", "flash")
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = True, dropout: float = 0.0):
+
+def flash_attn_func_or_error():
+    """The flash-attn kernel, or a one-line ImportError saying how to get it."""
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError as err:
+        raise ImportError(
+            "attn_backend=flash needs the flash-attn package on a CUDA machine: pip install 'grn[gpu]' "
+            "(or use attn_backend=sdpa, which picks a flash kernel by itself where PyTorch has one)"
+        ) from err
+    return flash_attn_func
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with fused qkv, per-head RMS qk-norm, RoPE and ``F.scaled_dot_product_attention``.
+
+    ``backend="flash"`` calls the flash-attn package's kernel for CUDA half-precision inputs (and SDPA otherwise).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        qk_norm: bool = True,
+        dropout: float = 0.0,
+        backend: str = "sdpa",
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if backend not in ATTN_BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose one of {ATTN_BACKENDS}")
+        self.flash = flash_attn_func_or_error() if backend == "flash" else None
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
@@ -94,7 +123,12 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q = apply_rope(self.q_norm(q), cos, sin)
         k = apply_rope(self.k_norm(k), cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        if self.flash is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+            # flash-attn takes [B, L, heads, head_dim]
+            out = self.flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p)
+            return self.proj(out.reshape(b, n, -1))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
