@@ -98,7 +98,11 @@ def main() -> None:
         device,
     )
     print(f"reference sampler: {args.batch / t_ref:8.3f} images/s  ({t_ref:.1f} s)")
-    print(f"speed-up:          {t_ref / t_fast:8.2f} x   identical labels: {bool(torch.equal(fast, ref))}")
+    same = (fast == ref).float().mean().item()
+    # Same random draws; the two implementations differ only in float rounding (fused vs naive attention), which
+    # can flip a near-tie Gumbel argmax and then the trajectory. tests/ checks exact equality on a small model.
+    print(f"speed-up:          {t_ref / t_fast:8.2f} x   labels identical: {bool(torch.equal(fast, ref))} "
+          f"({same:.1%} of labels equal)")
 
 
 if __name__ == "__main__":
