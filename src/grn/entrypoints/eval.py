@@ -18,6 +18,7 @@ import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from rich.progress import Progress
 from torchvision.utils import save_image
 
 from grn.entrypoints.common import CONF_DIR
@@ -38,15 +39,33 @@ def sampler_settings(sampler: DictConfig | dict) -> dict[str, Any]:
 def generate_balanced(
     pipe: GRNPipeline, num_per_class: int, batch_size: int, seed: int, sampler: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """``num_per_class`` images of every class, in class order -> (images [N,3,H,W], classes [N], mean stats)."""
+    """``num_per_class`` images of every class, in class order -> (images [N,3,H,W], classes [N], stats).
+
+    stats: ``steps`` ``[N]`` (refinement steps per image), ``passes`` (network passes per image, the unconditional
+    ones included) and the per-step means of the sampler's statistics.
+    """
     classes = torch.arange(pipe.generator.num_classes).repeat_interleave(num_per_class)
-    images, stats = [], []
-    for i, chunk in enumerate(classes.split(batch_size)):
-        out = pipe(chunk, seed=seed + i, **sampler)  # a distinct, reproducible stream per batch
+    images, steps, per_step = [], [], []
+    passes = 0.0
+    chunks = classes.split(batch_size)
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"sampling {len(classes)} images", total=len(chunks))
+        outs = []
+        for i, chunk in enumerate(chunks):
+            outs.append(pipe(chunk, seed=seed + i, **sampler))  # a distinct, reproducible stream per batch
+            bar.advance(task)
+    for out in outs:
         images.append(out.images.cpu())
-        stats.append({k: v.float().cpu() for k, v in out.stats.items()})
-    mean_stats = {k: torch.stack([s[k] for s in stats]).mean(0) for k in stats[0]}
-    return torch.cat(images), classes, mean_stats
+        steps.append(out.steps.cpu())
+        active, scale = out.stats["active"].cpu(), out.stats["cfg_scale"].cpu()
+        passes += float((active * (1 + (scale != 1).float())).sum())  # approximate where scales differ per sample
+        per_step.append({k: v.float().cpu() for k, v in out.stats.items() if k != "warmup_entropy"})  # per step
+    length = max(len(s["entropy"]) for s in per_step)
+    padded = {k: [torch.nn.functional.pad(s[k], (0, length - len(s[k])), value=float("nan")) for s in per_step] for k in per_step[0]}
+    stats = {k: torch.stack(v).nanmean(0) for k, v in padded.items()}  # batches may stop at different steps
+    stats["steps"] = torch.cat(steps)
+    stats["passes"] = torch.tensor(passes / len(classes))
+    return torch.cat(images), classes, stats
 
 
 def evaluate(
@@ -70,6 +89,8 @@ def evaluate(
         "tokenizer_psnr": round(float(recon["psnr"]), 3),
         "tokenizer_l1": round(float(recon["l1"]), 5),
         "num_images": int(len(classes)),
+        "mean_steps": round(float(stats["steps"].float().mean()), 2),
+        "network_passes_per_image": round(float(stats["passes"]), 2),
         "mean_entropy_per_step": [round(float(x), 4) for x in stats["entropy"]],
         "eval_seconds": round(time.perf_counter() - start, 1),
     }

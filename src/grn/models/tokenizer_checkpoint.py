@@ -1,0 +1,177 @@
+"""Official HBQ tokenizer checkpoints → :class:`~grn.models.tokenizer.HBQTokenizer`.
+
+An official file (``HBQ_image_tokenizer_16dim_M4.ckpt``, ``HBQ_tokenizer_64dim_M4.ckpt``; facts §2.4, §7) is a
+dict whose ``ema`` entry (else ``vae``) is the state dict of the official network: 196 tensors whose names and
+shapes are exactly those of :class:`HBQTokenizer` built with the official layout, so loading is a strict
+``load_state_dict`` — no renaming. ``hbq_rounds`` (M) is not stored in the files (their names say "M4").
+
+    tok = load_official_tokenizer("HBQ_image_tokenizer_16dim_M4.ckpt", latent_dim=16)
+    cfg = official_tokenizer_config(read_official_state(path))   # the Hydra config it implies
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grn.models.tokenizer import HBQTokenizer
+
+__all__ = [
+    "OFFICIAL_STATE_KEYS",
+    "official_layout",
+    "read_official_state",
+    "official_tokenizer_config",
+    "load_official_tokenizer",
+]
+
+OFFICIAL_STATE_KEYS = ("ema", "vae")  # tried in this order, as the official loaders do
+
+
+def official_layout(latent_dim: int, hbq_rounds: int = 4) -> dict[str, Any]:
+    """Constructor arguments of the official network (facts §2.1) for latent width ``latent_dim``."""
+    return dict(
+        in_channels=3,
+        latent_dim=latent_dim,
+        hbq_rounds=hbq_rounds,
+        patch_size=2,
+        enc_channels=160,
+        dec_channels=256,
+        channel_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        attention=True,
+        dropout=0.0,
+        temporal_downsample=[False, True, True],
+    )
+
+
+def read_official_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weight dict of an official checkpoint file (its ``ema`` entry, else ``vae``), loaded on the CPU
+    with ``weights_only=True`` (memory-mapped, so nothing is copied until used)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"official tokenizer checkpoint not found: {path} (from the HF repo bytedance-research/GRN)"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files in the legacy (non-zip) format cannot be memory-mapped
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict):
+        raise TypeError(f"{path}: expected a dict with an 'ema' or 'vae' entry, got {type(ckpt).__name__}")
+    for key in OFFICIAL_STATE_KEYS:
+        if key in ckpt:
+            return ckpt[key]
+    raise ValueError(
+        f"{path}: no 'ema' or 'vae' entry (top-level keys: {sorted(ckpt)[:8]}); not an HBQ tokenizer file?"
+    )
+
+
+def _stage_indices(state: dict[str, torch.Tensor], prefix: str) -> list[int]:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return sorted({int(m.group(1)) for k in state if (m := pat.match(k))})
+
+
+def official_tokenizer_config(
+    state: dict[str, torch.Tensor], hbq_rounds: int = 4, in_channels: int = 3
+) -> dict[str, Any]:
+    """The ``_target_`` config of :class:`HBQTokenizer` that an official-layout state dict implies.
+
+    Read off the shapes: d from ``conv2``, patch size and widths from the first and last convs, stages and
+    residual blocks from the key indices, temporal flags from which ``time_conv`` weights exist.
+    """
+    try:
+        latent_dim = state["conv2.weight"].shape[0]
+        enc_conv = state["encoder.conv1.weight"]  # (enc, C·p², 3, 3, 3)
+        dec_head = state["decoder.head.2.weight"]  # (C·p², dec·m_0, 3, 3, 3)
+        stages = _stage_indices(state, "encoder.downsamples.")
+        blocks = _stage_indices(state, "encoder.downsamples.0.downsamples.")
+        num_res_blocks = sum(
+            f"encoder.downsamples.0.downsamples.{j}.residual.0.gamma" in state for j in blocks
+        )
+        enc = enc_conv.shape[0]
+        mult = [
+            state[f"encoder.downsamples.{i}.downsamples.0.residual.2.weight"].shape[0] // enc for i in stages
+        ]
+    except (KeyError, IndexError) as err:
+        raise ValueError(f"not an official HBQ tokenizer state dict: missing {err}") from err
+    pixel_channels = enc_conv.shape[1]  # in_channels · p²
+    patch_size = next((p for p in (1, 2) if pixel_channels == in_channels * p * p), None)
+    if patch_size is None or dec_head.shape[0] != pixel_channels:
+        raise ValueError(
+            f"encoder input / decoder output widths {pixel_channels} / {dec_head.shape[0]} do not fit "
+            f"{in_channels} pixel channels with a 1×1 or 2×2 patchify"
+        )
+    temporal = [
+        f"encoder.downsamples.{i}.downsamples.{num_res_blocks}.time_conv.weight" in state for i in stages[:-1]
+    ]
+    return {
+        "_target_": "grn.models.tokenizer.HBQTokenizer",
+        "in_channels": in_channels,
+        "latent_dim": int(latent_dim),
+        "hbq_rounds": hbq_rounds,
+        "patch_size": patch_size,
+        "enc_channels": int(enc),
+        "dec_channels": int(dec_head.shape[1] // mult[0]),
+        "channel_mult": mult,
+        "num_res_blocks": num_res_blocks,
+        "attention": "encoder.middle.1.to_qkv.weight" in state,
+        "dropout": 0.0,
+        "temporal_downsample": temporal,
+    }
+
+
+def _describe(keys: set[str], n: int = 4) -> str:
+    shown = sorted(keys)[:n]
+    return ", ".join(shown) + (f", … ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def load_official_tokenizer(
+    path: str | Path,
+    latent_dim: int | None = None,
+    hbq_rounds: int = 4,
+    dtype: torch.dtype | None = None,
+    return_config: bool = False,
+) -> HBQTokenizer | tuple[HBQTokenizer, dict[str, Any]]:
+    """Build :class:`HBQTokenizer` from an official checkpoint file and load its weights strictly (eval mode).
+
+    Args:
+        path: the ``.ckpt`` file (a dict with ``ema`` or ``vae``).
+        latent_dim: expected d (16: the C2I image tokenizer, 64: the joint one); None accepts the file's.
+        hbq_rounds: M, which the files do not store (4 for every released model).
+        dtype: cast the weights (None keeps the file's dtype).
+        return_config: also return the ``_target_`` config the weights imply (for Hydra / checkpoints).
+
+    Raises:
+        FileNotFoundError: no such file (one line, naming it).
+        ValueError: the dict lacks ``ema``/``vae``, d differs from ``latent_dim``, or keys are missing /
+            extra / of the wrong shape for the implied network (named in the message).
+    """
+    state = read_official_state(path)
+    cfg = official_tokenizer_config(state, hbq_rounds)
+    if latent_dim is not None and cfg["latent_dim"] != latent_dim:
+        raise ValueError(f"{path}: the checkpoint has latent_dim {cfg['latent_dim']}, expected {latent_dim}")
+    kwargs = {k: v for k, v in cfg.items() if k != "_target_"}
+    with torch.device("meta"):  # no 700 M-parameter random init: the weights are assigned from the file
+        tok = HBQTokenizer(**kwargs)
+    expected = {k: v.shape for k, v in tok.state_dict().items()}
+    missing, extra = set(expected) - set(state), set(state) - set(expected)
+    if missing or extra:
+        parts = ([f"missing {_describe(missing)}"] if missing else []) + (
+            [f"unexpected {_describe(extra)}"] if extra else []
+        )
+        raise ValueError(f"{path}: not the official tokenizer layout: " + "; ".join(parts))
+    wrong = {k for k, shape in expected.items() if state[k].shape != shape}
+    if wrong:
+        k = min(wrong)
+        raise ValueError(
+            f"{path}: {len(wrong)} tensors have the wrong shape, e.g. {k}: {tuple(state[k].shape)}"
+            f" vs {tuple(expected[k])}"
+        )
+    tok.load_state_dict(state, strict=True, assign=True)
+    if dtype is not None:
+        tok = tok.to(dtype)
+    tok.eval()
+    return (tok, cfg) if return_config else tok
