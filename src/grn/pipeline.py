@@ -33,8 +33,15 @@ class PipelineOutput:
 class GRNPipeline:
     """A trained generator and the frozen tokenizer that decodes its labels."""
 
-    def __init__(self, generator: GRN, tokenizer: torch.nn.Module, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        generator: GRN,
+        tokenizer: torch.nn.Module,
+        device: str | torch.device = "cpu",
+        tokenizer_ckpt: str | None = None,
+    ):
         self.device = torch.device(device)
+        self.tokenizer_ckpt = tokenizer_ckpt  # where the tokenizer came from, for records
         self.generator = generator.to(self.device).eval()
         self.tokenizer = tokenizer.to(self.device).eval()
         if tokenizer.latent_dim != generator.latent_dim or tokenizer.hbq_rounds != generator.hbq_rounds:
@@ -59,7 +66,7 @@ class GRNPipeline:
         if not tok_path:
             raise ValueError(f"{ckpt} records no tokenizer checkpoint: pass tokenizer_ckpt=<path>")
         tokenizer = TokenizerLitModule.load_tokenizer(tok_path)
-        return cls(net, tokenizer, device)
+        return cls(net, tokenizer, device, tokenizer_ckpt=str(tok_path))
 
     from_pretrained = from_checkpoint
 

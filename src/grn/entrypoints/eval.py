@@ -23,6 +23,7 @@ from torchvision.utils import save_image
 
 from grn.entrypoints.common import CONF_DIR
 from grn.io import atomic_write_json
+from grn.lit_modules.config import plain_config
 from grn.metrics.digits import load_or_train_classifier, predict
 from grn.metrics.recon import reconstruction_metrics
 from grn.pipeline import GRNPipeline
@@ -31,7 +32,7 @@ log = logging.getLogger("grn.eval")
 
 
 def sampler_settings(sampler: DictConfig | dict) -> dict[str, Any]:
-    opts = OmegaConf.to_container(sampler, resolve=True) if isinstance(sampler, DictConfig) else dict(sampler)
+    opts = dict(plain_config(sampler))
     opts.pop("seed", None)
     return opts
 
@@ -126,7 +127,7 @@ def report(cfg: DictConfig, c2i_ckpt: Path, run_dir: Path, train_seconds: dict |
     record = {
         **metrics,
         **timings,
-        "settings": settings_record(str(c2i_ckpt), pipe_tokenizer_path(c2i_ckpt), "ema1", sampler, int(cfg.sampler.seed), cfg.eval),
+        "settings": settings_record(str(c2i_ckpt), pipe.tokenizer_ckpt, "ema1", sampler, int(cfg.sampler.seed), cfg.eval),
     }
     atomic_write_json(record, run_dir / "metrics.json")
     from grn.entrypoints.console import console
@@ -139,11 +140,6 @@ def report(cfg: DictConfig, c2i_ckpt: Path, run_dir: Path, train_seconds: dict |
     return record
 
 
-def pipe_tokenizer_path(ckpt: Path | str) -> str | None:
-    hp = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
-    return hp.get("tokenizer_ckpt")
-
-
 def default_out(ckpt: str, settings: dict) -> Path:
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return Path(ckpt).resolve().parent.parent / "eval" / f"metrics-{digest}.json"
@@ -153,7 +149,7 @@ def run(cfg: DictConfig) -> Path:
     pipe = GRNPipeline.from_checkpoint(cfg.ckpt, tokenizer_ckpt=cfg.tokenizer_ckpt, ema=cfg.ema, device=cfg.device)
     sampler = sampler_settings(cfg.sampler)
     seed = int(cfg.seed)
-    settings = settings_record(cfg.ckpt, cfg.tokenizer_ckpt or pipe_tokenizer_path(cfg.ckpt), cfg.ema, sampler, seed, cfg.eval)
+    settings = settings_record(cfg.ckpt, pipe.tokenizer_ckpt, cfg.ema, sampler, seed, cfg.eval)
     metrics, _, _ = evaluate(pipe, cfg.eval, sampler, seed)
     out = Path(cfg.out) if cfg.out else default_out(cfg.ckpt, settings)
     atomic_write_json({**metrics, "settings": settings}, out)

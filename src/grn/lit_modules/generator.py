@@ -15,17 +15,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
 from grn import hbq
+from grn.lit_modules.config import plain_config
 from grn.lit_modules.ema import EMA
 from grn.models.generator import GRN
 from grn.sampling.refine import RefineResult, refine
-
-
-def to_container(cfg: Any) -> Any:
-    """Plain dict/list copy of a config, so checkpoints load with ``weights_only=True``."""
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
 def mix_with_noise(
@@ -84,7 +79,7 @@ class GeneratorLitModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(
             {
-                "net": to_container(net),
+                "net": plain_config(net),
                 "tokenizer_ckpt": str(tokenizer_ckpt) if tokenizer_ckpt else None,
                 "label_drop_prob": label_drop_prob,
                 "keep_prob_mean": keep_prob_mean,
@@ -97,7 +92,7 @@ class GeneratorLitModule(L.LightningModule):
                 "grad_clip": grad_clip,
                 "ema_decays": list(ema_decays),
                 "ema_warmup": ema_warmup,
-                "sampler": to_container(sampler) if sampler is not None else None,
+                "sampler": plain_config(sampler) if sampler is not None else None,
             }
         )
         self.net: GRN = instantiate(self.hparams.net)

@@ -15,25 +15,16 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
+from grn.lit_modules.config import plain_config
 from grn.lit_modules.ema import EMA
 from grn.losses.adversarial import adaptive_weight, generator_adv_loss, hinge_d_loss
 from grn.losses.perceptual import build_lpips
 from grn.models.tokenizer import HBQTokenizer
 
 __all__ = ["TokenizerLitModule"]
-
-
-def _plain(cfg: Any) -> Any:
-    """DictConfig/ListConfig → plain dict/list (so checkpoints load with ``weights_only=True``)."""
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(cfg, resolve=True)
-    if isinstance(cfg, Mapping):
-        return {k: _plain(v) for k, v in cfg.items()}
-    return cfg
 
 
 def _frames(x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +80,7 @@ class TokenizerLitModule(L.LightningModule):
     ):
         super().__init__()
         # plain containers in the checkpoint's hyper_parameters (save_hyperparameters reads these locals)
-        tokenizer, discriminator, lpips = _plain(tokenizer), _plain(discriminator), _plain(lpips)
+        tokenizer, discriminator, lpips = plain_config(tokenizer), plain_config(discriminator), plain_config(lpips)
         betas = tuple(float(b) for b in betas)
         self.save_hyperparameters()
         self.automatic_optimization = False
