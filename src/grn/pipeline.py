@@ -1,4 +1,6 @@
 """``GRNPipeline``: class ids in, images out — for Python users and the sample/eval entry points.
+``GRNPipeline.from_pretrained(path, task="t2i" | "t2v" | "i2v")`` returns the text pipeline instead
+(:mod:`grn.text_pipeline`).
 
     pipe = GRNPipeline.from_pretrained("runs/quickstart/c2i/checkpoints/last.ckpt")
     out = pipe([3, 3, 7], seed=0, num_steps=30, cfg_scale=2.0)
@@ -68,7 +70,31 @@ class GRNPipeline:
         tokenizer = TokenizerLitModule.load_tokenizer(tok_path)
         return cls(net, tokenizer, device, tokenizer_ckpt=str(tok_path))
 
-    from_pretrained = from_checkpoint
+    @classmethod
+    def from_pretrained(
+        cls,
+        ckpt: str | Path,
+        task: str | None = None,
+        tokenizer_ckpt: str | Path | None = None,
+        ema: str | None = "ema1",
+        device: str | torch.device = "cpu",
+    ):
+        """The pipeline for ``task``: ``c2i`` (this class) or ``t2i`` / ``t2v`` / ``i2v``
+        (:class:`grn.text_pipeline.TextPipeline`). ``task=None`` reads it from the checkpoint (a text-conditioned
+        checkpoint defaults to ``t2i``; pass ``t2v`` / ``i2v`` for clips)."""
+        from grn.text_pipeline import TEXT_TASKS, TextPipeline
+
+        if task is None:
+            path = Path(ckpt)
+            if not path.is_file():
+                raise FileNotFoundError(f"checkpoint not found: {path}")
+            hp = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+            task = "t2i" if "text_encoder" in hp else "c2i"
+        if task in TEXT_TASKS:
+            return TextPipeline.from_checkpoint(ckpt, task, tokenizer_ckpt, ema, device)
+        if task != "c2i":
+            raise ValueError(f"unknown task {task!r}; choose c2i, t2i, t2v or i2v")
+        return cls.from_checkpoint(ckpt, tokenizer_ckpt, ema, device)
 
     @property
     def image_size(self) -> int:

@@ -4,6 +4,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
@@ -219,3 +220,164 @@ def test_ddp_two_cpu_ranks(find_unused):
     # spawn returns rank 0's weights and metrics (not its loop state): the EMA counted 2 generator steps
     assert int(module.ema.num_updates) == 2
     assert torch.isfinite(t.callback_metrics["train/gan_d"])
+
+
+# ------------------------------------------------------------------------------------- joint image + video
+JOINT_TOKENIZER = {**TOKENIZER, "temporal_downsample": [True]}  # stride 2 in time: clips of 1 + 2k frames
+JOINT_STEPS = 4
+
+
+def joint_batches(n: int) -> list[dict[str, torch.Tensor]]:
+    """``n`` joint batches: 3 images ``[3, 3, 24, 24]``, 2 clips ``[2, 3, 3, 16, 16]`` (other sizes on purpose)."""
+    images = smooth_images(3 * n, size=24, seed=1)
+    # [2n, 3, 3, 16, 16]: 6n frames grouped into 2n clips of 3
+    frames = smooth_images(6 * n, size=16, seed=2).unflatten(0, (2 * n, 3)).transpose(1, 2)
+    return [{"image": images[3 * i : 3 * i + 3], "video": frames[2 * i : 2 * i + 2]} for i in range(n)]
+
+
+class RecordOutputGrads:
+    """Wraps ``tokenizer.forward``: records, per input kind (image / video), the norm of the gradient that
+    reaches each reconstruction."""
+
+    def __init__(self, tokenizer: HBQTokenizer):
+        self.forward, self.norms = tokenizer.forward, {"image": [], "video": []}
+
+    def __call__(self, x, **kwargs):
+        out = self.forward(x, **kwargs)
+        if out[0].requires_grad:
+            kind = "image" if x.dim() == 4 else "video"
+            out[0].register_hook(lambda g: self.norms[kind].append(g.norm().item()))
+        return out
+
+
+def joint_module(**kwargs) -> TokenizerLitModule:
+    torch.manual_seed(0)
+    options = {
+        "tokenizer": JOINT_TOKENIZER,
+        "discriminator": DISCRIMINATOR,
+        "lpips": {"allow_random_backbone": True},
+        "disc_start": 0,
+        "lr": 1e-3,
+        "ema_decay": 0.5,
+    }
+    return TokenizerLitModule(**{**options, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def joint_run():
+    module = joint_module(l1_weight=1.0, lpips_weight=0.2, gan_weight=0.005, adaptive_gan_weight=False)
+    time_conv = module.tokenizer.encoder.downsamples[0].downsamples[-1].time_conv.weight.detach().clone()
+    recorder = module.tokenizer.forward = RecordOutputGrads(module.tokenizer)
+    t = trainer(JOINT_STEPS, val_check_interval=JOINT_STEPS, limit_val_batches=1)
+    t.fit(
+        module,
+        train_dataloaders=DataLoader(joint_batches(JOINT_STEPS), batch_size=None),
+        val_dataloaders=DataLoader(joint_batches(1), batch_size=None),
+    )
+    del module.tokenizer.forward
+    return {"module": module, "trainer": t, "norms": recorder.norms, "time_conv": time_conv}
+
+
+def test_joint_batches_train_both_parts(joint_run):
+    t, norms, module = joint_run["trainer"], joint_run["norms"], joint_run["module"]
+    # both reconstructions get a (non-zero) gradient from the one loss, every step
+    assert len(norms["image"]) == len(norms["video"]) == JOINT_STEPS
+    assert all(n > 0 for n in norms["image"] + norms["video"])
+    # the temporal down-sampling conv only ever sees clips (an image is 1 frame): it moved, so clips trained it
+    weight = module.tokenizer.encoder.downsamples[0].downsamples[-1].time_conv.weight
+    assert not torch.equal(weight, joint_run["time_conv"])
+    metrics = t.callback_metrics
+    for key in ("l1", "lpips", "gan_g", "gan_d"):
+        for part in ("", "_image", "_video"):
+            assert torch.isfinite(metrics[f"train/{key}{part}"]), key + part
+    for key in ("val/psnr", "val/psnr_image", "val/psnr_video", "val/l1_image", "val/l1_video"):
+        assert torch.isfinite(metrics[key]) and metrics[key] > 0, key
+
+
+def test_joint_step_counting_is_not_doubled(joint_run):
+    t, module = joint_run["trainer"], joint_run["module"]
+    assert t.global_step == JOINT_STEPS
+    for opt in t.optimizers:
+        assert int(next(iter(opt.state.values()))["step"]) == JOINT_STEPS
+    assert int(module.ema.num_updates) == JOINT_STEPS
+
+
+def check_weights_applied(metrics, l1_weight: float, lpips_weight: float) -> None:
+    """``train/loss`` = l1_weight·l1 + lpips_weight·lpips + gan_weight·gan_g, each term the mean over parts."""
+    for key in ("l1", "lpips", "gan_g", "gan_d"):
+        torch.testing.assert_close(
+            metrics[f"train/{key}"], (metrics[f"train/{key}_image"] + metrics[f"train/{key}_video"]) / 2
+        )
+    expected = (
+        l1_weight * metrics["train/l1"]
+        + lpips_weight * metrics["train/lpips"]
+        + metrics["train/gan_weight"] * metrics["train/gan_g"]
+    )
+    torch.testing.assert_close(metrics["train/loss"], expected)
+
+
+def test_joint_loss_weights_are_the_configured_ones(joint_run):
+    metrics = joint_run["trainer"].callback_metrics
+    torch.testing.assert_close(metrics["train/gan_weight"], torch.tensor(0.005))
+    check_weights_applied(metrics, 1.0, 0.2)
+
+
+def test_other_weights_and_adaptive_gan_weight():
+    module = joint_module(l1_weight=2.0, lpips_weight=1.0, gan_weight=0.3, adaptive_gan_weight=True)
+    t = trainer(1, limit_val_batches=0)
+    t.fit(module, train_dataloaders=DataLoader(joint_batches(1), batch_size=None))
+    metrics = t.callback_metrics
+    assert metrics["train/gan_weight"] > 0 and not torch.isclose(
+        metrics["train/gan_weight"], torch.tensor(0.3)
+    )
+    check_weights_applied(metrics, 2.0, 1.0)
+
+
+def test_batches_without_pixels_are_a_clear_error():
+    with pytest.raises(KeyError, match="'image' and/or 'video' pixels"):
+        TokenizerLitModule._parts({"label": torch.zeros(2)})
+
+
+@pytest.mark.parametrize(
+    "experiment, weights, params",
+    [
+        ("tokenizer_joint_f16t4d64", (1.0, 0.2, 0.005), 705_693_036),
+        ("tokenizer_image_f16d16", (1.0, 1.0, 0.3), 702_687_612),
+    ],
+)
+def test_full_size_tokenizer_experiments_instantiate_on_meta(compose_cfg, experiment, weights, params):
+    # the real configs need the VGG weights for LPIPS; the stand-in keeps this test offline
+    cfg = compose_cfg(
+        "train", [f"experiment={experiment}", "stages.tokenizer.lit_module.lpips.allow_random_backbone=true"]
+    )
+    with torch.device("meta"):
+        module = instantiate(cfg.stages.tokenizer.lit_module)
+    hp = module.hparams
+    assert (hp.l1_weight, hp.lpips_weight, hp.gan_weight) == weights
+    assert sum(p.numel() for p in module.tokenizer.parameters()) == params
+    assert module.tokenizer.temporal_stride == 4 and module.tokenizer.spatial_stride == 16
+
+
+def test_tiny_joint_experiment_trains_on_real_data(compose_cfg):
+    cfg = compose_cfg(
+        "train",
+        [
+            "experiment=tokenizer_tiny_joint",
+            "data.photos.crop_size=16",
+            "data.photos.batch_size=2",
+            "data.gif.crop_size=16",
+            "data.gif.batch_size=1",
+            "model.tokenizer.enc_channels=8",
+            "model.tokenizer.dec_channels=8",
+            "stages.tokenizer.lit_module.disc_start=0",
+            "stages.tokenizer.lit_module.lpips.net=vgg",  # AlexNet's stride needs >= 32-pixel frames
+        ],
+    )
+    datamodule = instantiate(cfg.stages.tokenizer.datamodule)
+    module = instantiate(cfg.stages.tokenizer.lit_module)
+    t = trainer(2, limit_val_batches=1, val_check_interval=2)
+    t.fit(module, datamodule=datamodule)
+    metrics = t.callback_metrics
+    assert t.global_step == 2 and torch.isfinite(metrics["train/loss"])
+    assert {"train/l1_image", "train/l1_video", "train/gan_d", "val/psnr_video"} <= set(metrics)
+    check_weights_applied(metrics, 1.0, 0.2)

@@ -154,3 +154,13 @@ def test_patch_discriminator_is_per_sample_and_validates():
         d(images(1, 3, 8, 8))
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         d(images(1, 3, 2, 16, 16))
+
+
+def test_stand_ins_are_equal_but_independent_copies(stand_in):
+    other = build_lpips(allow_random_backbone=True)
+    for a, b in zip(stand_in.parameters(), other.parameters(), strict=True):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)  # editing one copy leaves the next build untouched
+    third = build_lpips(allow_random_backbone=True)
+    assert torch.equal(next(third.parameters()), next(stand_in.parameters()))

@@ -54,7 +54,8 @@ def test_reconstruction_metrics_batches_clamps_and_averages():
     x[:5] = 0.9  # the +0.2 offset overshoots here; clamping to 1 leaves an error of only 0.1
     tok = _NoisyIdentity(0.2).train()
     m = reconstruction_metrics(tok, x, batch_size=4)
-    assert set(m) == {"psnr", "l1"}
+    assert set(m) == {"psnr", "ssim", "l1"}
+    assert 0 < m["ssim"] < 1
     # per image on [-1,1]: the first five err 0.1 (clamped) -> 0.05 on [0,1] -> 26.02 dB;
     # the last five err 0.2 -> 0.1 on [0,1] -> 20 dB
     assert m["l1"] == pytest.approx((5 * 0.1 + 5 * 0.2) / 10, abs=1e-6)
@@ -66,4 +67,35 @@ def test_reconstruction_metrics_batches_clamps_and_averages():
 
 def test_reconstruction_metrics_perfect_tokenizer():
     x = torch.rand(3, 3, 8, 8) * 2 - 1
-    assert reconstruction_metrics(_NoisyIdentity(0.0), x) == {"psnr": math.inf, "l1": 0.0}
+    m = reconstruction_metrics(_NoisyIdentity(0.0), x)
+    assert m["psnr"] == math.inf and m["l1"] == 0.0 and m["ssim"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ssim_matches_closed_form_extremes_and_orders_noise():
+    from grn.metrics.recon import ssim_per_image
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    assert torch.allclose(ssim_per_image(x, x), torch.ones(2), atol=1e-6)
+    little = ssim_per_image((x + 0.05 * torch.randn(x.shape, generator=g)).clamp(-1, 1), x)
+    much = ssim_per_image((x + 0.5 * torch.randn(x.shape, generator=g)).clamp(-1, 1), x)
+    assert (much < little).all() and (little < 1).all()
+
+
+def test_video_metrics_fold_frames_and_rfvd_hook():
+    """Videos [N, 3, T, H, W] are scored per frame; the rFVD hook gets uint8 clips and yields a Fréchet distance."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 2, 8, 8, generator=g) * 1.6 - 0.8
+    seen = []
+
+    class ClipFeatures(nn.Module):
+        def forward(self, clips):
+            seen.append((clips.dtype, tuple(clips.shape)))
+            return clips.float().mean(dim=(2, 3, 4))  # [B, 3]: mean colour of the clip
+
+    m = reconstruction_metrics(_NoisyIdentity(0.1), x, batch_size=4, video_features=ClipFeatures())
+    assert m["l1"] == pytest.approx(0.1, abs=1e-5)
+    assert m["psnr"] == pytest.approx(26.0206, abs=1e-3)  # 0.05 error on [0, 1] everywhere
+    assert seen[0] == (torch.uint8, (4, 3, 2, 8, 8))
+    # every clip brighter by 0.1 on [-1, 1] = 12.75 uint8 levels in each of 3 channels: FVD = 3 * 12.75^2 (+ rounding)
+    assert m["rfvd"] == pytest.approx(3 * 12.75**2, rel=0.05)

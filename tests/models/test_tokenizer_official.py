@@ -380,3 +380,15 @@ def test_official_checkpoint_errors(tmp_path, tok):
     torch.save({"vae": state}, bad)
     with pytest.raises(ValueError, match="latent_dim 4, expected 16"):
         load_official_tokenizer(bad, latent_dim=16)
+
+
+def test_lit_module_loader_accepts_official_files(tmp_path, tok, clip):
+    """The generator stages and the pipeline name a tokenizer by path: an official release file works there too."""
+    from grn.lit_modules.tokenizer import TokenizerLitModule
+
+    path = tmp_path / "HBQ_image_tokenizer_16dim_M4.ckpt"
+    torch.save({"ema": tok.state_dict()}, path)
+    loaded = TokenizerLitModule.load_tokenizer(path)
+    assert not loaded.training
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_features(clip), tok.encode_features(clip))

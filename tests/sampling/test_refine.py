@@ -218,3 +218,43 @@ def test_region_regeneration_keeps_outside_bit_identical():
     assert net.calls[0][1] == pytest.approx(share_known)
     with pytest.raises(ValueError, match="both known labels and a region"):
         run(RecordingNet(), num_steps=2, known=known)
+
+
+class FlipOracle(torch.nn.Module):
+    """A binary-label net that knows the answer ``truth``: as a relative-bit net it says which input bits flip."""
+
+    def __init__(self, truth, relative=True):
+        super().__init__()
+        self.truth, self.relative = truth, relative
+
+    def forward(self, z, t, y):
+        target = (z ^ self.truth) if self.relative else self.truth
+        logits = torch.zeros(z.shape[0], 2, *z.shape[1:])
+        return logits.scatter_(1, target.unsqueeze(1), 30.0)
+
+
+def test_relative_bit_target_applies_predicted_flips():
+    truth = torch.randint(0, 2, (3, 8, 4, 4), generator=torch.Generator().manual_seed(1))
+    y = torch.zeros(3, dtype=torch.long)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    rel = refine(FlipOracle(truth), y, (8, 4, 4), 2, num_steps=5, generator=g(), bit_target="relative")
+    assert torch.equal(rel.labels, truth)
+    # read as absolute labels, the same flip predictions give something else
+    wrong = refine(FlipOracle(truth), y, (8, 4, 4), 2, num_steps=5, generator=g(), bit_target="absolute")
+    assert not torch.equal(wrong.labels, truth)
+    with pytest.raises(ValueError, match="binary labels"):
+        refine(FlipOracle(truth), y, (8, 4, 4), 4, num_steps=5, bit_target="relative")
+
+
+def test_video_labels_with_a_temporal_region():
+    """[B, C, T, h, w] maps: the first latent frame is given (image-to-video style), the rest is generated."""
+    known = torch.randint(0, 4, (2, 3, 5, 4, 4), generator=torch.Generator().manual_seed(2))
+    region = torch.ones(1, 1, 5, 1, 1, dtype=torch.bool)
+    region[:, :, 0] = False
+    net = RecordingNet()
+    res = refine(net, torch.tensor([1, 2]), (3, 5, 4, 4), 4, num_steps=6, known=known, region=region,
+                 generator=torch.Generator().manual_seed(0))
+    assert res.labels.shape == (2, 3, 5, 4, 4)
+    assert torch.equal(res.labels[:, :, 0], known[:, :, 0])
+    # the generated frames follow the net (p = 0.87 for class y mod 4; chance is 0.25), not the given labels
+    assert (res.labels[0, :, 1:] == 1).float().mean() > 0.7 and (res.labels[1, :, 1:] == 2).float().mean() > 0.7

@@ -2,7 +2,9 @@
 
 ``load_digits_split`` turns scikit-learn's 1,797 labelled 8×8 handwritten digits into RGB images in [-1, 1]
 with a fixed, stratified train/val split; ``DigitsDataModule`` serves them to Lightning as
-``{"image", "label"}`` batches.
+``{"image", "label"}`` batches. ``builtin_shards`` writes the digits, skimage photo crops and skimage's GIF (as an
+mp4) into WebDataset shards in the data cache on first use, for the shard pipeline (``builtin_image_shards``,
+``builtin_video_shards``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["DIGITS_SPLITS", "DigitsDataModule", "ImageLabelDataset", "load_digits_split"]
+__all__ = [
+    "BUILTIN_SHARD_SETS",
+    "DIGITS_SPLITS",
+    "DigitsDataModule",
+    "ImageLabelDataset",
+    "builtin_image_shards",
+    "builtin_shards",
+    "builtin_video_shards",
+    "load_digits_split",
+]
 
 DIGITS_SPLITS = ("train", "val")
 _DIGITS_MAX = 16.0  # load_digits pixel values are integer ink counts in 0..16
@@ -170,3 +181,161 @@ class DigitsDataModule(L.LightningDataModule):
         if self.val_set is None:
             self.setup("validate")
         return self._loader(self.val_set, shuffle=False, drop_last=False)
+
+
+# ------------------------------------------------------------------------------------ built-in sets as shards
+# Real sets shipped inside installed packages, written once as WebDataset shards into the data cache, so the
+# shard pipeline (and everything downstream: token caches, resume, bad-sample counting) runs fully offline.
+BUILTIN_SHARD_SETS = ("digits", "photos", "gif")
+_BUILTIN_VERSION = 1  # bump when a generator below changes its output
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
+                  "retina", "motorcycle_left")
+
+
+def _default_cache_dir() -> str:
+    import os
+
+    return os.environ.get("GRN_CACHE_DIR", ".cache/grn")
+
+
+def _png(arr: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _digits_samples(split: str, image_size: int):
+    x, y = load_digits_split(split, image_size=image_size)
+    pixels = ((x.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    for i in range(len(y)):
+        yield {"__key__": f"digits_{split}_{i:06d}", "png": _png(pixels[i]), "cls": int(y[i])}
+
+
+def _skimage_photos() -> list[tuple[str, np.ndarray]]:
+    """The RGB photos of skimage.data that load offline, as uint8 ``[H, W, 3]``."""
+    import skimage.data
+
+    photos = []
+    for name in SKIMAGE_PHOTOS:
+        try:
+            img = np.asarray(getattr(skimage.data, name)())
+        except Exception:  # a photo that needs a download (pooch) in this skimage version: leave it out
+            continue
+        if img.ndim == 3 and img.shape[-1] >= 3 and img.dtype == np.uint8:
+            photos.append((name, np.ascontiguousarray(img[..., :3])))
+    if not photos:
+        raise RuntimeError("no skimage.data photo could be loaded offline")
+    return photos
+
+
+def _photo_samples(split: str, crop: int, crops_per_photo: int):
+    """Random ``crop²`` crops (fixed seed per split), after halving large photos so crops show whole objects;
+    label = photo index."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0 if split == "train" else 1)
+    for label, (name, img) in enumerate(_skimage_photos()):
+        pil = Image.fromarray(img)
+        while min(pil.size) >= 4 * crop:
+            pil = pil.resize((pil.width // 2, pil.height // 2), Image.BOX)
+        arr = np.asarray(pil)
+        for k in range(crops_per_photo):
+            top = int(rng.integers(0, arr.shape[0] - crop + 1))
+            left = int(rng.integers(0, arr.shape[1] - crop + 1))
+            yield {"__key__": f"photo_{split}_{name}_{k:04d}", "png": _png(arr[top : top + crop, left : left + crop]),
+                   "cls": label}
+
+
+def _gif_samples(scale: int = 4):
+    """skimage's 24-frame ``no_time_for_that_tiny.gif`` as one mp4 sample (upscaled ×``scale``, nearest)."""
+    import os
+
+    import skimage
+    from PIL import Image, ImageSequence
+
+    from grn.datamodules.video import encode_mp4
+
+    path = os.path.join(os.path.dirname(skimage.__file__), "data", "no_time_for_that_tiny.gif")
+    with Image.open(path) as gif:
+        durations = [f.info.get("duration", 100) for f in ImageSequence.Iterator(gif)]
+        frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(gif)]
+    video = np.stack(frames).repeat(scale, axis=1).repeat(scale, axis=2)  # [T, H, W, 3]
+    video = video[:, : video.shape[1] // 2 * 2, : video.shape[2] // 2 * 2]
+    fps = 1000.0 / float(np.mean(durations))
+    yield {"__key__": "gif_000000", "mp4": encode_mp4(video, fps, gop=4),
+           "json": {"fps": fps, "begin_frame_id": 0, "end_frame_id": len(frames), "source": "no_time_for_that_tiny.gif"}}
+
+
+def builtin_shards(name: str, cache_dir: str | None = None) -> dict[str, str]:
+    """Shard patterns ``{"train": ..., "val": ...}`` of a built-in set, generated into
+    ``<cache_dir>/shards/<name>-v<version>/`` on first use (atomically: a finished folder or none).
+
+    * ``digits``: the 1,797 sklearn digits, 32×32 RGB PNG, the fixed stratified split of
+      :func:`load_digits_split`, labelled 0–9.
+    * ``photos``: 64×64 random crops of the skimage photos (48 per photo for train, 8 for val; label = photo).
+    * ``gif``: skimage's 24-frame GIF as one mp4 video (train and val are the same clip source).
+    """
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from grn.datamodules.writers import write_shards
+
+    if name not in BUILTIN_SHARD_SETS:
+        raise ValueError(f"unknown built-in shard set {name!r}; choose one of {BUILTIN_SHARD_SETS}")
+    root = Path(cache_dir or _default_cache_dir()) / "shards"
+    final = root / f"{name}-v{_BUILTIN_VERSION}"
+    splits = ("train", "val")
+    if not final.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+        try:
+            for split in splits:
+                if name == "digits":
+                    samples = _digits_samples(split, 32)
+                elif name == "photos":
+                    samples = _photo_samples(split, 64, 48 if split == "train" else 8)
+                else:
+                    samples = _gif_samples()
+                write_shards(samples, tmp, prefix=split, max_count=256)
+            try:
+                os.rename(tmp, final)  # atomic; loses cleanly to a concurrent writer that finished first
+            except OSError:
+                if not final.is_dir():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    patterns = {}
+    for split in splits:
+        n = len(sorted(final.glob(f"{split}-*.tar")))
+        patterns[split] = str(final / f"{split}-{{000000..{n - 1:06d}}}.tar")
+    return patterns
+
+
+def builtin_image_shards(name: str = "digits", cache_dir: str | None = None, **kwargs):
+    """An :class:`~grn.datamodules.images.ImageShardDataModule` over built-in shards (``digits`` / ``photos``),
+    generating them on first use. ``image_size`` defaults to the stored size (32 / 64); ``kwargs`` are the
+    DataModule's other arguments."""
+    from grn.datamodules.images import ImageShardDataModule
+
+    if name not in ("digits", "photos"):
+        raise ValueError(f"built-in image shards are 'digits' or 'photos', got {name!r}")
+    patterns = builtin_shards(name, cache_dir)
+    kwargs.setdefault("image_size", 32 if name == "digits" else 64)
+    kwargs.setdefault("num_classes", 10 if name == "digits" else len(_skimage_photos()))
+    return ImageShardDataModule(train_shards=patterns["train"], val_shards=patterns["val"], **kwargs)
+
+
+def builtin_video_shards(cache_dir: str | None = None, **kwargs):
+    """A :class:`~grn.datamodules.video.VideoShardDataModule` over the built-in GIF video (24 frames at ~14 fps,
+    100×56), generated on first use."""
+    from grn.datamodules.video import VideoShardDataModule
+
+    patterns = builtin_shards("gif", cache_dir)
+    return VideoShardDataModule(train_shards=patterns["train"], val_shards=patterns["val"], **kwargs)

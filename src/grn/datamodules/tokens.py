@@ -1,17 +1,27 @@
 """Token maps for generator training: a pixel dataset encoded once by a frozen tokenizer.
 
-The tokenizer is deterministic, so every image is encoded exactly once at set-up and the generator never touches
-pixels during training. Batches: ``{"tokens": int64 [B, d, h, w] index labels, "label": int64 [B]}``.
-(Sharded on-disk token caches for large sets are built by ``scripts/cache_tokens.py``.)
+The tokenizer is deterministic, so every image is encoded exactly once and the generator never touches pixels
+during training. Batches: ``{"tokens": int64 [B, d, h, w] index labels, "label": int64 [B]}``.
+
+Two paths, chosen by the source:
+
+* an in-memory source (``train_set`` / ``val_set``, e.g. the digits) is encoded into memory at set-up;
+* a shard source (:class:`~grn.datamodules.wds.ShardDataModule`, e.g. ImageNet shards) is encoded once into an
+  on-disk token cache (:mod:`grn.datamodules.token_shards`, keyed by the tokenizer checkpoint's hash and the
+  transform; built in ``prepare_data``, reused by later runs) and then read as token shards, with the shard
+  pipeline's exact resume and bad-sample counts. ``scripts/cache_tokens.py`` builds the same cache ahead of time.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from grn.datamodules.wds import ShardDataModule
 
 
 class TensorDictDataset(Dataset):
@@ -48,6 +58,11 @@ class EncodedDataModule(L.LightningDataModule):
         source: the pixel DataModule (e.g. :class:`~grn.datamodules.builtin.DigitsDataModule`).
         tokenizer_ckpt: checkpoint of the trained tokenizer (its EMA weights are used).
         batch_size, num_workers, seed: loader settings; the train order is deterministic under ``seed``.
+        cache_dir: data cache root of token caches (shard sources only; default ``$GRN_CACHE_DIR`` or
+            ``.cache/grn``).
+        flip: shard sources: cache the tokens of both horizontal flips and train on a random one per sample
+            (default: as the source's own ``flip``, so digits stay unmirrored).
+        encode_batch_size, device: how the cache is encoded (once).
     """
 
     def __init__(
@@ -58,6 +73,10 @@ class EncodedDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         drop_last: bool = True,
+        cache_dir: str | None = None,
+        flip: bool | None = None,
+        encode_batch_size: int = 64,
+        device: str = "cpu",
     ):
         super().__init__()
         self.source = source
@@ -68,27 +87,88 @@ class EncodedDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.cache_dir = cache_dir or os.environ.get("GRN_CACHE_DIR", ".cache/grn")
+        self.flip = bool(getattr(source, "flip", False)) if flip is None else bool(flip)
+        self.encode_batch_size = int(encode_batch_size)
+        self.device = device
+        self.tokens = None  # the TokenShardDataModule of a shard source, after setup
+        self._pending_state: dict | None = None
 
     @property
     def num_classes(self) -> int:
         return self.source.num_classes
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        from grn.lit_modules.tokenizer import TokenizerLitModule
+    @property
+    def sharded(self) -> bool:
+        return isinstance(self.source, ShardDataModule)
 
+    def _check_ckpt(self) -> None:
         if not Path(self.tokenizer_ckpt).is_file():
             raise FileNotFoundError(
                 f"tokenizer checkpoint not found: {self.tokenizer_ckpt} (train one with task=tokenizer, "
                 "or set the generator stage's tokenizer_ckpt)"
             )
+
+    def _token_cache(self) -> Path:
+        from grn.datamodules.token_shards import ensure_token_cache
+
+        self._check_ckpt()
+        return ensure_token_cache(self.source, self.tokenizer_ckpt, self.cache_dir, flip=self.flip,
+                                  batch_size=self.encode_batch_size, device=self.device)
+
+    def prepare_data(self) -> None:
+        # Lightning runs this on one process per node before setup: the cache is encoded once, not per rank
+        if self.sharded:
+            self._token_cache()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None or self.tokens is not None:
+            return
+        if self.sharded:
+            from grn.datamodules.token_shards import TokenShardDataModule
+
+            src = self.source
+            self.tokens = TokenShardDataModule(
+                cache=str(self._token_cache()), flip=self.flip, batch_size=self.batch_size,
+                num_workers=self.num_workers, seed=self.seed, drop_last=self.drop_last, resampled=src.resampled,
+                epoch_samples=src.epoch_samples, shuffle_buffer=src.shuffle_buffer,
+                shuffle_initial=src.shuffle_initial, log_every_s=src.log_every_s,
+            )
+            self.tokens.trainer = self.trainer  # rank and world size for the shard split
+            if self._pending_state is not None:
+                self.tokens.load_state_dict(self._pending_state)
+                self._pending_state = None
+            return
+        from grn.lit_modules.tokenizer import TokenizerLitModule
+
+        self._check_ckpt()
         tokenizer = TokenizerLitModule.load_tokenizer(self.tokenizer_ckpt)
         self.source.setup(stage)
         self.train_set = TensorDictDataset(**encode_dataset(tokenizer, self.source.train_set))
         self.val_set = TensorDictDataset(**encode_dataset(tokenizer, self.source.val_set))
 
+    # ---- shard path: the token shards' loaders, data position and bad-sample totals -------------------------
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        return self.tokens.record(batch) if self.tokens is not None else batch
+
+    def state_dict(self) -> dict:
+        return self.tokens.state_dict() if self.tokens is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        if self.tokens is None:
+            self._pending_state = state  # restored before setup: applied when the token shards exist
+        else:
+            self.tokens.load_state_dict(state)
+
+    @property
+    def bad_samples(self) -> dict[str, int]:
+        return self.tokens.bad_samples if self.tokens is not None else {}
+
     def train_dataloader(self) -> DataLoader:
+        if self.tokens is not None:
+            return self.tokens.train_dataloader()
         g = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self.train_set,
@@ -100,4 +180,6 @@ class EncodedDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
+        if self.tokens is not None:
+            return self.tokens.val_dataloader()
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)

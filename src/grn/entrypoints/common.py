@@ -47,20 +47,38 @@ def quiet_warnings() -> None:
         ".*The number of training batches.*",
         ".*isinstance\\(treespec, LeafSpec\\).*",
         ".*Using ModelCheckpoint with manual optimization.*",  # GAN stages: the state after the step is intended
+        # train.py makes map-style loaders resumable (grn.distributed.sampler); ExactResume warns where it cannot
+        ".*resuming from a checkpoint that ended before the epoch ended.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """A complete checkpoint: a ``.ckpt`` file, or a sharded (torch.distributed.checkpoint) folder whose shards,
+    ``.metadata`` and ``meta.pt`` were written in that order. A save writes them in that order, so a folder with a
+    missing or older ``.metadata`` / ``meta.pt`` is an interrupted save (also when it overwrote an older one)."""
+    path = Path(path)
+    if path.is_file():
+        return True
+    metadata, meta = path / ".metadata", path / "meta.pt"
+    if not (path.is_dir() and metadata.is_file() and meta.is_file()):
+        return False
+    written = metadata.stat().st_mtime_ns
+    shards_before = all(p.stat().st_mtime_ns <= written for p in path.glob("*.distcp"))
+    return shards_before and meta.stat().st_mtime_ns >= written
+
+
 def newest_checkpoint(folder: str | Path) -> Path | None:
-    """``last.ckpt`` if present, else the most recently written ``*.ckpt`` under ``folder``, else None."""
+    """``last.ckpt`` if complete, else the most recently written complete ``*.ckpt`` (file or sharded folder)
+    under ``folder``, else None."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
     last = folder / "last.ckpt"
-    if last.is_file():
+    if is_checkpoint(last):
         return last
-    ckpts = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    ckpts = sorted((p for p in folder.glob("*.ckpt") if is_checkpoint(p)), key=lambda p: p.stat().st_mtime)
     return ckpts[-1] if ckpts else None
 
 

@@ -8,6 +8,7 @@ the evaluation report (sample grid + metrics.json) in the run directory.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from grn.callbacks.progress import StepProgressBar
-from grn.entrypoints.common import CONF_DIR, newest_checkpoint, quiet_warnings
+from grn.callbacks.requeue import SlurmRequeue, in_slurm_batch_job
+from grn.distributed.checkpoint_io import AtomicCheckpointIO
+from grn.distributed.resume import ExactResume
+from grn.entrypoints.common import CONF_DIR, is_checkpoint, newest_checkpoint, quiet_warnings
+from grn.entrypoints.loggers import build_loggers
 
 log = logging.getLogger("grn.train")
 
@@ -59,8 +64,11 @@ def validate(cfg: DictConfig) -> list[str]:
                 f"stage {name!r} needs a trained tokenizer but {ckpt} does not exist: train it in the same run "
                 f"(task with a tokenizer stage) or set stages.{name}.tokenizer_ckpt=<path>"
             )
-    if cfg.ckpt_path not in (None, "auto") and not Path(cfg.ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist (use auto, null or an existing file)")
+    if cfg.ckpt_path not in (None, "auto") and not is_checkpoint(cfg.ckpt_path):
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} is not a checkpoint "
+            "(use auto, null, a .ckpt file or a complete sharded .ckpt folder)"
+        )
     return names
 
 
@@ -74,6 +82,8 @@ def resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
 def build_callbacks(cfg: DictConfig, name: str, ckpt_dir: Path) -> list[L.Callback]:
     callbacks = []
     for conf in (cfg.get("callbacks") or {}).values():
+        if conf is None:  # a callback switched off with callbacks.<name>=null
+            continue
         cb = instantiate(conf)
         if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = str(ckpt_dir)
@@ -83,35 +93,89 @@ def build_callbacks(cfg: DictConfig, name: str, ckpt_dir: Path) -> list[L.Callba
     return callbacks
 
 
-def train_stage(cfg: DictConfig, name: str) -> Path:
-    """Train one stage; returns its last checkpoint."""
+def requeue_enabled(cfg: DictConfig) -> bool:
+    """``requeue: auto`` means: inside a SLURM batch job."""
+    setting = cfg.get("requeue", "auto")
+    return in_slurm_batch_job() if setting == "auto" else bool(setting)
+
+
+def trainer_kwargs(cfg: DictConfig, module: L.LightningModule) -> dict[str, Any]:
+    """Strategy and cluster plugins that depend on the module and the environment."""
+    kwargs: dict[str, Any] = {}
+    strategy = cfg.trainer.get("strategy")
+    if isinstance(strategy, DictConfig) and "find_unused_parameters" in strategy:
+        # the GAN tokenizer's two backward passes each skip one network; DDP must be told (only where needed:
+        # the search for unused parameters costs a graph traversal per step)
+        if getattr(module, "ddp_find_unused_parameters", False) and not strategy.find_unused_parameters:
+            kwargs["strategy"] = instantiate(strategy, find_unused_parameters=True)
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    if not cfg.trainer.get("plugins"):
+        # checkpoint files are written under a temporary name and renamed (a kill never leaves half a file)
+        kwargs["plugins"] = [AtomicCheckpointIO()]
+        if SLURMEnvironment.detect():
+            # one requeue owner: grn.callbacks.requeue (see there); Lightning's own SIGUSR1 requeue stays off
+            kwargs["plugins"].append(SLURMEnvironment(auto_requeue=False))
+    return kwargs
+
+
+def train_stage(cfg: DictConfig, name: str) -> Path | None:
+    """Train one stage; returns its last checkpoint, or None if the job was pre-empted and requeued."""
     stage = cfg.stages[name]
     stage_dir = Path(cfg.paths.run_dir) / name
     ckpt_dir = stage_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
     max_steps = int(stage.max_steps if cfg.get("max_steps") is None else min(stage.max_steps, cfg.max_steps))
     val_every = int(min(stage.get("val_every") or max_steps, max_steps))
 
-    datamodule = instantiate(stage.datamodule)
+    resume_cb = ExactResume(seed=cfg.seed)
+    datamodule = resume_cb.wrap(instantiate(stage.datamodule))
     module = instantiate(stage.lit_module)
-    loggers = [instantiate(conf, name=name) for conf in (cfg.get("logger") or {}).values()]
+    callbacks = [resume_cb, *build_callbacks(cfg, name, ckpt_dir)]
+    requeue = SlurmRequeue(last) if requeue_enabled(cfg) else None
+    if requeue is not None:
+        callbacks.append(requeue)
+    # the logger instantiation point (W&B run ids are kept in the run directory)
+    loggers = build_loggers(cfg, name, stage_dir)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         max_steps=max_steps,
         val_check_interval=val_every,
         check_val_every_n_epoch=None,
-        callbacks=build_callbacks(cfg, name, ckpt_dir),
+        callbacks=callbacks,
         logger=loggers or False,
         default_root_dir=str(stage_dir),
+        **trainer_kwargs(cfg, module),
     )
     resume = resume_path(cfg, ckpt_dir)
     if resume:
         log.info("stage %s: resuming from %s", name, resume)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-    # The periodic callback saves every N steps only; the stage's final state is always written (atomically), so
-    # last.ckpt is the trained result the next stage reads and a re-run resumes from.
-    last = ckpt_dir / "last.ckpt"
-    trainer.save_checkpoint(last, weights_only=False)  # the full state: optimisers, schedulers, loops
+    if requeue is not None and requeue.requeued:
+        return None
+    # The periodic callback saves every N steps only; the stage's final state is always written, so last.ckpt
+    # is the trained result the next stage reads and a re-run resumes from. Under FSDP it is gathered into one
+    # file (on CPU, shard by shard) so that later stages, sample.py and eval.py read it like any other.
+    save_final_checkpoint(trainer, last)
     return last
+
+
+def save_final_checkpoint(trainer: L.Trainer, path: Path) -> None:
+    """The full training state in one file at ``path`` (sharded strategies consolidate it for this save)."""
+    strategy = trainer.strategy
+    sharded = getattr(strategy, "_save_distributed_checkpoint", False)
+    if sharded:
+        strategy._save_distributed_checkpoint = False
+        # a sharded last.ckpt folder from the periodic saves is replaced; removed by one rank only (Lightning
+        # would remove it on every rank at once, and the ranks race)
+        if trainer.is_global_zero and path.is_dir():
+            shutil.rmtree(path)
+        strategy.barrier("grn_final_checkpoint")
+    try:
+        trainer.save_checkpoint(path, weights_only=False)  # the full state: optimisers, schedulers, loops
+    finally:
+        if sharded:
+            strategy._save_distributed_checkpoint = True
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -133,6 +197,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed + i, workers=True, verbose=False)
         start = time.perf_counter()
         results[name] = train_stage(cfg, name)
+        if results[name] is None:
+            log.warning("stage %s was pre-empted: checkpointed and requeued; stopping this process", name)
+            results["requeued"] = True
+            return results
         results[f"{name}_seconds"] = round(time.perf_counter() - start, 1)
     if cfg.get("report"):
         from grn.entrypoints.console import stage_banner

@@ -53,9 +53,24 @@ class EMA(nn.Module):
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         """Write the averaged weights into ``model`` (in place)."""
-        params = dict(model.named_parameters())
+        from grn.distributed.fsdp import reshard
+
+        params = dict(reshard(model).named_parameters())  # FSDP: the shards, not gathered copies
         for n, s in zip(self.names, self._shadows()):
             params[n].copy_(s.to(params[n].dtype))
+
+    @torch.no_grad()
+    def shard_like(self, model: nn.Module) -> None:
+        """After ``fully_shard(model)``: turn each shadow into a DTensor laid out like its parameter, so updates
+        stay local to the shard and distributed checkpoints save (and reshard) the EMA with the weights."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        params = dict(model.named_parameters())
+        for n in self.names:
+            p, key = params[n], self._key(n)
+            if isinstance(p, DTensor) and not isinstance(getattr(self, key), DTensor):
+                shadow = getattr(self, key).to(p.device_mesh.device_type)
+                setattr(self, key, distribute_tensor(shadow, p.device_mesh, p.placements))
 
     def state_dict_for(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """A state dict of ``model`` with the averaged parameters in place of the live ones."""

@@ -6,12 +6,10 @@ network's target layout (round-major bits for GRN_bit) here, so one token cache 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -19,6 +17,7 @@ from hydra.utils import instantiate
 from grn import hbq
 from grn.lit_modules.config import plain_config
 from grn.lit_modules.ema import EMA
+from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.generator import GRN
 from grn.sampling.refine import RefineResult, refine
 
@@ -42,7 +41,7 @@ def sample_keep_prob(batch: int, mean: float, std: float, device, generator=None
     return torch.sigmoid(torch.randn(batch, device=device, generator=generator) * std + mean)
 
 
-class GeneratorLitModule(L.LightningModule):
+class GeneratorLitModule(RefinementLitModule):
     """Trains a :class:`~grn.models.generator.GRN` on HBQ token maps.
 
     Args:
@@ -96,17 +95,7 @@ class GeneratorLitModule(L.LightningModule):
             }
         )
         self.net: GRN = instantiate(self.hparams.net)
-        self.num_levels = self.net.num_levels
-        self.emas = torch.nn.ModuleDict(
-            {f"ema{i + 1}": EMA(self.net, d, warmup=ema_warmup) for i, d in enumerate(ema_decays)}
-        )
-
-    # ---- data contract ---------------------------------------------------------------------------------------
-    def target_labels(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Index labels ``[B, d, h, w]`` -> the network's label layout."""
-        if self.net.target == "bits":
-            return hbq.index_labels_to_bit_labels(tokens, self.net.hbq_rounds)
-        return tokens
+        self.build_emas(ema_decays, ema_warmup)
 
     # ---- training --------------------------------------------------------------------------------------------
     def objective(self, batch: dict, generator: torch.Generator | None = None, drop_labels: bool = True):
@@ -119,6 +108,8 @@ class GeneratorLitModule(L.LightningModule):
             drop = torch.rand(b, device=x.device, generator=generator) < self.hparams.label_drop_prob
             y = torch.where(drop, torch.full_like(y, self.net.num_classes), y)
         z = mix_with_noise(x, t, self.num_levels, generator)
+        if getattr(self.net, "bit_target", "absolute") == "relative":
+            x = x ^ z  # App. E.3: the target is which input bits must flip
         logits = self.net(z, t, y)
         loss = F.cross_entropy(logits.float(), x)
         with torch.no_grad():
@@ -130,15 +121,6 @@ class GeneratorLitModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("train/token_acc", acc.mean(), on_step=True, on_epoch=False)
         return loss
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        if self.hparams.grad_clip and self.hparams.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.hparams.grad_clip)
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        for ema in self.emas.values():
-            ema.update(self.net)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # A fixed generator per batch makes the validation loss comparable across evaluations.
@@ -155,33 +137,6 @@ class GeneratorLitModule(L.LightningModule):
         global_batch = self.trainer.datamodule.batch_size * self.trainer.world_size
         global_batch *= self.trainer.accumulate_grad_batches
         return self.hparams.blr * global_batch / 256
-
-    def configure_optimizers(self):
-        decay, no_decay = [], []
-        for p in self.net.parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        opt = torch.optim.AdamW(groups, lr=self.learning_rate(), betas=tuple(self.hparams.betas))
-        warmup = max(int(self.hparams.warmup_steps), 0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    # ---- EMA and sampling ------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def ema_weights(self, name: str = "ema1") -> Iterator[None]:
-        """Temporarily swap the EMA weights into ``self.net``."""
-        live = {n: p.detach().clone() for n, p in self.net.named_parameters()}
-        self.emas[name].copy_to(self.net)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for n, p in self.net.named_parameters():
-                    p.copy_(live[n])
 
     @torch.no_grad()
     def sample(self, classes: torch.Tensor, generator: torch.Generator | None = None, **sampler: Any) -> RefineResult:
@@ -206,6 +161,11 @@ def sample_labels(
             ``seed`` is ignored here: pass a seeded ``generator``.
     """
     opts = {k: v for k, v in sampler.items() if k != "seed"}
+    trained = getattr(net, "bit_target", "absolute")
+    asked = opts.pop("bit_target", None)
+    if asked is not None and asked != trained:
+        raise ValueError(f"sampler.bit_target={asked!r} but this network was trained with bit_target={trained!r}; "
+                         "leave sampler.bit_target null to use the trained one")
     if known is not None and net.target == "bits":
         known = hbq.index_labels_to_bit_labels(known, net.hbq_rounds)
     was_training = net.training
@@ -220,6 +180,7 @@ def sample_labels(
             generator=generator,
             known=known,
             region=region,
+            bit_target=trained,
             **opts,
         )
     finally:
@@ -242,7 +203,7 @@ def load_generator(ckpt_path: str | Path, ema: str | None = "ema1", map_location
     net: GRN = instantiate(hp["net"])
     state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(state)
-    if ema is not None:
+    if ema is not None and "grn_export" not in ckpt:  # an export (grn.distributed.export) holds final weights
         prefix = f"emas.{ema}."
         shadows = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         if not shadows:

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
+from grn.distributed.fsdp import is_sharded, reshard, shard_module
 from grn.lit_modules.config import plain_config
 from grn.lit_modules.ema import EMA
 from grn.losses.adversarial import adaptive_weight, generator_adv_loss, hinge_d_loss
@@ -41,8 +42,15 @@ def _no_closure() -> None:
 class TokenizerLitModule(L.LightningModule):
     """Trains :class:`~grn.models.tokenizer.HBQTokenizer` as a VQGAN-style autoencoder through HBQ's STE.
 
-    Batches are dicts with ``"image"`` float ``[B, 3, H, W]`` in [-1, 1] (or ``"video"`` ``[B, 3, T, H, W]``);
-    other keys (``"label"``) are ignored.
+    Batch contract (joint image + video training): a dict with ``"image"`` float ``[B_i, 3, H, W]`` and/or
+    ``"video"`` float ``[B_v, 3, T, H', W']`` (T = 1 + s_t·k), both in [-1, 1]; other keys (``"label"``) are
+    ignored. An image is a 1-frame video for the causal tokenizer, but the two parts keep their own shapes, so
+    each goes through the tokenizer and the losses on its own. Every loss term (L1 over pixels, LPIPS and the
+    PatchGAN per frame) is the mean over its part, and a batch's term is the mean over the parts present:
+    a joint batch has the same loss scale as a single-part one, so the weights mean the same in both. The logs
+    carry the combined terms (``train/l1``, ``train/lpips``, ``train/gan_g``, ``train/gan_d``) and, for joint
+    batches, each part's (``train/l1_image``, ``train/l1_video``, …). ``train/loss`` is always
+    ``l1_weight·l1 + lpips_weight·lpips + gan_weight_eff·gan_g`` with ``train/gan_weight`` = gan_weight_eff.
 
     Args:
         tokenizer: ``_target_`` config of the tokenizer (e.g. ``grn.models.tokenizer.HBQTokenizer``).
@@ -58,6 +66,9 @@ class TokenizerLitModule(L.LightningModule):
         ema_decay, ema_warmup: EMA of the tokenizer weights (see :class:`~grn.lit_modules.ema.EMA`).
         quantize: decode the HBQ-quantised latent (straight-through) rather than the continuous one.
     """
+
+    # each backward reaches only one of the two networks: DDP must look for unused parameters (train.py sets it)
+    ddp_find_unused_parameters = True
 
     def __init__(
         self,
@@ -94,11 +105,23 @@ class TokenizerLitModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------------- helpers
     @staticmethod
-    def _pixels(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        for key in ("video", "image"):
-            if key in batch:
-                return batch[key]
-        raise KeyError(f"tokenizer batches need an 'image' or 'video' entry, got keys {sorted(batch)}")
+    def _parts(batch: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+        """The pixel parts of a batch, ``[("image", x), ("video", v)]`` (those present, in this order)."""
+        parts = [(key, batch[key]) for key in ("image", "video") if key in batch]
+        if not parts:
+            raise KeyError(f"tokenizer batches need 'image' and/or 'video' pixels, got keys {sorted(batch)}")
+        return parts
+
+    @staticmethod
+    def _mean_over_parts(
+        terms: dict[str, torch.Tensor], logs: dict[str, torch.Tensor], name: str
+    ) -> torch.Tensor:
+        """Mean of the per-part terms; logs it as ``train/<name>`` and, for joint batches, each part too."""
+        total = torch.stack(list(terms.values())).mean()
+        logs[f"train/{name}"] = total.detach()
+        if len(terms) > 1:
+            logs.update({f"train/{name}_{key}": term.detach() for key, term in terms.items()})
+        return total
 
     def _gan_active(self) -> bool:
         return self.hparams.gan_weight > 0 and self.global_step >= self.hparams.disc_start
@@ -112,29 +135,31 @@ class TokenizerLitModule(L.LightningModule):
     # ---------------------------------------------------------------------------------------------- training
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         hp = self.hparams
-        x = self._pixels(batch)
+        parts = self._parts(batch)
         opt_g, opt_d = self.optimizers()
         use_gan = self._gan_active()
+        device = parts[0][1].device
+        n_samples = sum(x.shape[0] for _, x in parts)
 
         # generator (tokenizer) step; the discriminator is frozen meanwhile so it collects no gradients
         self.toggle_optimizer(opt_g)
-        x_rec, _, _ = self.tokenizer(x, quantize=hp.quantize)
-        l1 = (x_rec - x).abs().mean()
+        recs = {key: self.tokenizer(x, quantize=hp.quantize)[0] for key, x in parts}
+        logs: dict[str, torch.Tensor] = {}
+        l1 = self._mean_over_parts({k: (recs[k] - x).abs().mean() for k, x in parts}, logs, "l1")
         nll = hp.l1_weight * l1
-        logs = {"train/l1": l1.detach()}
-        if self.lpips is not None:
-            lp = self.lpips(x_rec, x).mean()
+        if self.lpips is not None:  # per frame: the LPIPS wrapper folds a video's time into its batch
+            lp = self._mean_over_parts({k: self.lpips(recs[k], x).mean() for k, x in parts}, logs, "lpips")
             nll = nll + hp.lpips_weight * lp
-            logs["train/lpips"] = lp.detach()
-        loss, gan_weight = nll, torch.zeros((), device=x.device)
+        loss, gan_weight = nll, torch.zeros((), device=device)
         if use_gan:
-            g_adv = generator_adv_loss(self.discriminator(_frames(x_rec)))
+            g_adv = self._mean_over_parts(
+                {k: generator_adv_loss(self.discriminator(_frames(recs[k]))) for k, _ in parts}, logs, "gan_g"
+            )
             if hp.adaptive_gan_weight:
                 gan_weight = hp.gan_weight * adaptive_weight(nll, g_adv, self.tokenizer.last_layer)
             else:
-                gan_weight = torch.full((), float(hp.gan_weight), device=x.device)
+                gan_weight = torch.full((), float(hp.gan_weight), device=device)
             loss = nll + gan_weight * g_adv
-            logs["train/gan_g"] = g_adv.detach()
         logs["train/gan_weight"] = gan_weight
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -144,17 +169,20 @@ class TokenizerLitModule(L.LightningModule):
 
         if use_gan:
             self.toggle_optimizer(opt_d)
-            d_loss = hinge_d_loss(self.discriminator(_frames(x)), self.discriminator(_frames(x_rec.detach())))
+            d_terms = {
+                k: hinge_d_loss(self.discriminator(_frames(x)), self.discriminator(_frames(recs[k].detach())))
+                for k, x in parts
+            }
+            d_loss = self._mean_over_parts(d_terms, logs, "gan_d")
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             # Through the strategy (precision plugin: AMP scaling, clipping hook) but not through
             # LightningOptimizer.step, which would count a second optimizer step per batch.
             self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=_no_closure)
             self.untoggle_optimizer(opt_d)
-            logs["train/gan_d"] = d_loss.detach()
 
-        self.log_dict(logs, batch_size=x.shape[0])
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=x.shape[0])
+        self.log_dict(logs, batch_size=n_samples)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n_samples)
         return loss.detach()
 
     def on_fit_start(self) -> None:
@@ -165,6 +193,10 @@ class TokenizerLitModule(L.LightningModule):
                 "tokenizer GAN training under DDP needs find_unused_parameters=True: use trainer.strategy="
                 "ddp_find_unused_parameters_true (or DDPStrategy(find_unused_parameters=True))"
             )
+
+    def configure_model(self) -> None:
+        # FSDP2 (trainer=fsdp) shards the two trained networks and the EMA; the frozen LPIPS net stays whole
+        shard_module(self, [self.tokenizer, self.discriminator], [(self.ema, self.tokenizer)])
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Runs for both optimisers after AMP unscaling, so the norm is that of the true gradients.
@@ -188,26 +220,51 @@ class TokenizerLitModule(L.LightningModule):
 
     # -------------------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
+        if is_sharded(self.tokenizer):
+            # FSDP modules cannot be deep-copied: swap the EMA weights into the shards, and back at the end
+            self._live_shards = [p.detach().clone() for p in reshard(self.tokenizer).parameters()]
+            self.ema.copy_to(self.tokenizer)
+            self._val_cache["tokenizer"] = self.tokenizer
+            return
         self._val_cache["tokenizer"] = self.ema_tokenizer()  # one copy per validation run, not per batch
 
     def on_validation_epoch_end(self) -> None:
+        live = self.__dict__.pop("_live_shards", None)
+        if live is not None:
+            with torch.no_grad():
+                for p, value in zip(reshard(self.tokenizer).parameters(), live, strict=True):
+                    p.copy_(value)
         self._val_cache.clear()
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        x = self._pixels(batch)
+        """Logs ``val/psnr`` and ``val/l1`` over all frames of the batch and, per part present,
+        ``val/psnr_image`` / ``val/psnr_video`` (and ``val/l1_*``): per-frame PSNR on the [0, 1] scale."""
         tok = self._val_cache.get("tokenizer")
         if tok is None:
             tok = self._val_cache["tokenizer"] = self.ema_tokenizer()
-        x_rec = tok(x, quantize=self.hparams.quantize)[0].clamp(-1.0, 1.0)
-        # per-image (per-frame) PSNR on the [0, 1] scale, averaged
-        pred, target = _frames((x_rec + 1) / 2), _frames((x + 1) / 2)
-        psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, dim=(1, 2, 3))
-        l1 = (x_rec - x).abs().mean()
-        self.log_dict({"val/psnr": psnr, "val/l1": l1}, batch_size=x.shape[0], sync_dist=True, prog_bar=True)
+        psnrs, l1s = [], []
+        for key, x in self._parts(batch):
+            x_rec = tok(x, quantize=self.hparams.quantize)[0].clamp(-1.0, 1.0)
+            pred, target = _frames((x_rec + 1) / 2), _frames((x + 1) / 2)  # [N_frames, 3, H, W]
+            psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, dim=(1, 2, 3), reduction="none")
+            l1 = (pred - target).abs().mean(dim=(1, 2, 3)) * 2  # on the [-1, 1] scale, as the training L1
+            psnrs.append(psnr)
+            l1s.append(l1)
+            self.log_dict(
+                {f"val/psnr_{key}": psnr.mean(), f"val/l1_{key}": l1.mean()},
+                batch_size=psnr.numel(),
+                sync_dist=True,
+            )
+        psnr, l1 = torch.cat(psnrs), torch.cat(l1s)
+        logs = {"val/psnr": psnr.mean(), "val/l1": l1.mean()}
+        self.log_dict(logs, batch_size=psnr.numel(), sync_dist=True, prog_bar=True)
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The frozen LPIPS net is rebuilt from its config: leaving its ~15M VGG weights out keeps files small.
+        # (A sharded checkpoint is loaded against the full module state, so there they stay.)
+        if is_sharded(self.tokenizer) and getattr(self.trainer.strategy, "_save_distributed_checkpoint", False):
+            return
         for key in [k for k in checkpoint["state_dict"] if k.startswith("lpips.")]:
             del checkpoint["state_dict"][key]
 
@@ -222,12 +279,18 @@ class TokenizerLitModule(L.LightningModule):
     ) -> HBQTokenizer:
         """Rebuild the tokenizer of a training checkpoint (config from ``hyper_parameters['tokenizer']``) with
         its EMA weights (``use_ema``) or live ones; returned in eval mode. Loads with ``weights_only=True``.
+        An official release checkpoint (a dict with ``ema`` / ``vae``) is recognised and loaded strictly.
         """
         if not os.path.isfile(ckpt_path):
             raise FileNotFoundError(
                 f"tokenizer checkpoint not found: {ckpt_path} (pass the .ckpt of a tokenizer run)"
             )
         ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+        if "hyper_parameters" not in ckpt and ("ema" in ckpt or "vae" in ckpt):
+            # an official release file (facts §2.4): its ``ema`` weights are the only ones it has
+            from grn.models.tokenizer_checkpoint import load_official_tokenizer
+
+            return load_official_tokenizer(ckpt_path).to(map_location).float().eval()
         try:
             cfg = ckpt["hyper_parameters"]["tokenizer"]
         except KeyError as err:
@@ -239,7 +302,7 @@ class TokenizerLitModule(L.LightningModule):
         tok.load_state_dict(
             {k[len("tokenizer.") :]: v for k, v in state.items() if k.startswith("tokenizer.")}
         )
-        if use_ema:
+        if use_ema and "grn_export" not in ckpt:  # an export (grn.distributed.export) holds final weights
             ema = EMA(tok, decay=0.0)
             ema.load_state_dict({k[len("ema.") :]: v for k, v in state.items() if k.startswith("ema.")})
             ema.copy_to(tok)

@@ -7,6 +7,8 @@ from a path or the torch hub cache — never downloaded. A random-trunk stand-in
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import os
 import warnings
@@ -31,6 +33,17 @@ VGG16_FILENAME = "vgg16-397923af.pth"
 BACKBONE_FILES = {"vgg": VGG16_FILENAME, "alex": "alexnet-owt-7be5be79.pth"}
 STAND_IN_SEED = 0
 _warned_stand_in = False
+
+
+@functools.cache
+def _stand_in_net(net: str) -> nn.Module:
+    """The random-trunk stand-in, built once per process: it is a fixed function of ``STAND_IN_SEED``, and
+    building it (torchvision's whole VGG16 with its 100M-parameter classifier) costs seconds every time."""
+    # always real CPU tensors, even when first asked for under a meta-device context (a cached meta module
+    # would poison every later copy)
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):  # same stand-in every time, global RNG untouched
+        torch.manual_seed(STAND_IN_SEED)
+        return _make_lpips_net(net)
 
 
 def default_backbone_path(net: str = "vgg") -> Path:
@@ -117,9 +130,7 @@ def build_lpips(
     if net not in BACKBONE_FILES:
         raise ValueError(f"unknown LPIPS net {net!r}; choose one of {sorted(BACKBONE_FILES)}")
     if allow_random_backbone:
-        with torch.random.fork_rng(devices=[]):  # same stand-in every time, global RNG untouched
-            torch.manual_seed(STAND_IN_SEED)
-            lp = _make_lpips_net(net)
+        lp = copy.deepcopy(_stand_in_net(net))  # a private copy: callers may move or cast theirs
         if not _warned_stand_in:
             log.warning(
                 f"LPIPS uses a RANDOM {dict(vgg='VGG16', alex='AlexNet')[net]} backbone (allow_random_backbone=true): a stand-in for "

@@ -100,8 +100,8 @@ class GRNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + g1.unsqueeze(1) * self.attn(modulate(self.norm1(x), sh1, sc1), cos, sin)
-        return x + g2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), sh2, sc2))
+        x = torch.addcmul(x, g1.unsqueeze(1), self.attn(modulate(self.norm1(x), sh1, sc1), cos, sin))
+        return torch.addcmul(x, g2.unsqueeze(1), self.mlp(modulate(self.norm2(x), sh2, sc2)))
 
 
 class FinalLayer(nn.Module):
@@ -127,6 +127,10 @@ class GRN(nn.Module):
         input_size: side of the square label map (16 for ImageNet 256 with a stride-16 tokenizer).
         depth, hidden_size, num_heads, bottleneck, in_context_start, in_context_len, mlp_ratio: network shape.
         attn_backend: ``sdpa`` (``F.scaled_dot_product_attention``) or ``flash`` (the flash-attn package on GPU).
+        bit_target: GRN_bit only — ``"absolute"`` (predict each bit of the real token) or ``"relative"`` (paper
+            App. E.3 as implemented here: predict whether each *input* bit must flip, i.e. ``input XOR real``).
+            It changes what the logits mean, not the parameters, and is kept with the network so a checkpoint
+            is always sampled the way it was trained.
     """
 
     def __init__(
@@ -144,13 +148,19 @@ class GRN(nn.Module):
         in_context_len: int = 32,
         mlp_ratio: float = 4.0,
         attn_backend: str = "sdpa",
+        bit_target: str = "absolute",
     ):
         super().__init__()
+        if bit_target not in ("absolute", "relative"):
+            raise ValueError(f"bit_target must be 'absolute' or 'relative', got {bit_target!r}")
+        if bit_target == "relative" and target != "bits":
+            raise ValueError("bit_target='relative' needs target='bits' (GRN_bit); index labels have no bits to flip")
         if not 0 <= in_context_start < depth:
             raise ValueError(f"in_context_start={in_context_start} must be in [0, depth={depth})")
         self.latent_dim = latent_dim
         self.hbq_rounds = hbq_rounds
         self.target = target
+        self.bit_target = bit_target
         self.num_classes = num_classes
         self.input_size = input_size
         self.label_channels = hbq.label_channels(latent_dim, hbq_rounds, target)

@@ -77,7 +77,7 @@ def refine(
     cfg_type: str = "interval",
     cfg_power: float = 1.0,
     temperature: float = 1.0,
-    null_class: int | None = None,
+    null_class: int | torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     snr_shift: float = 1.0,
     selection: str = "random",
@@ -90,6 +90,7 @@ def refine(
     t_max: int = 50,
     known: torch.Tensor | None = None,
     region: torch.Tensor | None = None,
+    bit_target: str = "absolute",
     callback: Callable[[int], None] | None = None,
 ) -> RefineResult:
     """Run the refinement loop.
@@ -97,7 +98,8 @@ def refine(
     Args:
         net: the GRN network, ``net(labels, t, y) -> logits [B, K, C, h, w]``.
         y: int64 ``[B]`` class ids.
-        label_shape: ``(C, h, w)`` of one label map.
+        label_shape: ``(C, h, w)`` of one label map, or ``(C, T, h, w)`` for video: every step is elementwise
+            over the map, so a temporal ``region`` (e.g. all frames but the first) works the same way.
         num_levels: K, classes per label (2^M for index labels, 2 for bits).
         num_steps: T for the ``linear`` and ``cosine`` schedules.
         schedule: ``linear`` | ``cosine`` (with ``snr_shift``) | ``complexity_aware``: the first
@@ -105,11 +107,14 @@ def refine(
             ``clip(round(k·H + b), t_min, t_max)`` from its Eq. 8 entropy H at the end of the warm-up.
         cfg_scale, cfg_interval, cfg_type, cfg_power: guidance (see :mod:`grn.sampling.guidance`); the
             unconditional pass (class ``null_class``) runs only for samples whose scale is not 1, batched with
-            the conditional one.
+            the conditional one. ``null_class`` may be an int64 ``[B]`` tensor: a per-sample unconditional id
+            (text guidance passes each sample's negative prompt this way, see :mod:`grn.sampling.text_guidance`).
         temperature: tau; logits are divided by it before sampling.
         selection, revise: which predictions are kept (see :mod:`grn.sampling.selection`).
         known, region: region re-generation. ``known`` int64 ``[B, C, h, w]`` labels to keep, ``region`` bool
             broadcastable to it, True where to generate. Outside the region the output equals ``known``.
+        bit_target: ``absolute`` (the network predicts labels) or ``relative`` (binary labels only: it predicts
+            which input bits flip, so a prediction is ``input XOR sampled flip``; App. E.3).
         generator: the source of all randomness (same seed and device -> same samples).
         callback: called with the step index after each step (progress bars).
     Returns:
@@ -119,6 +124,10 @@ def refine(
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+    if bit_target not in ("absolute", "relative"):
+        raise ValueError(f"bit_target must be 'absolute' or 'relative', got {bit_target!r}")
+    if bit_target == "relative" and num_levels != 2:
+        raise ValueError(f"bit_target='relative' needs binary labels (num_levels=2), got {num_levels}")
     if (known is None) != (region is None):
         raise ValueError("region re-generation needs both known labels and a region mask")
     device = y.device
@@ -146,7 +155,10 @@ def refine(
         known_share = torch.zeros(bsz, dtype=torch.float64, device=device)
         z = noise
     frozen = None if revise else torch.zeros(shape, dtype=torch.bool, device=device)
-    null = torch.full_like(y, null_class) if null_class is not None else None
+    if isinstance(null_class, torch.Tensor):
+        null = null_class.to(device=device, dtype=y.dtype).expand(bsz)
+    else:
+        null = torch.full_like(y, null_class) if null_class is not None else None
     steps = torch.zeros(bsz, dtype=torch.long, device=device)
     done = torch.zeros(bsz, dtype=torch.bool, device=device)
     warm_entropy = torch.full((bsz,), float("nan"), device=device)
@@ -174,6 +186,8 @@ def refine(
         sel_a = selectable[idx]
         entropy = normalized_entropy(cond, sel_a if known is not None else None)
         pred = sample_categorical(logits, temperature, generator)
+        if bit_target == "relative":
+            pred = pred ^ z_a  # the net predicted flips of its input bits
         confidence = None
         if selection == "confidence":
             logp = torch.log_softmax(logits.float() / max(temperature, 1e-6), dim=1)
@@ -186,7 +200,7 @@ def refine(
         finishing = t_next >= 1.0
         keep = select_keep(selection, t_next.float(), t_now.float(), confidence,
                            None if frozen is None else frozen[idx], sel_a, generator)
-        keep = keep | finishing.view(-1, 1, 1, 1)  # t = 1: the whole prediction
+        keep = keep | finishing.view(-1, *([1] * (len(shape) - 1)))  # t = 1: the whole prediction
         base = torch.where(sel_a, noise[idx], known[idx]) if known is not None else noise[idx]
         if frozen is None:
             z_next = torch.where(keep, pred, base)

@@ -1,0 +1,81 @@
+"""Pixels from a generator LightningModule during training: sample labels with its (EMA) weights, decode them with
+the frozen tokenizer it was trained on (loaded once per callback, from ``hparams.tokenizer_ckpt``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+__all__ = ["GeneratorSampler", "PeriodicGeneratorCallback", "is_generator_module", "is_tokenizer_module"]
+
+
+def is_generator_module(pl_module) -> bool:
+    """A class-to-image generator module (text-conditioned ones sample from captions, not class ids)."""
+    net = getattr(pl_module, "net", None)
+    return hasattr(pl_module, "sample") and hasattr(pl_module, "emas") and getattr(net, "num_classes", None) is not None
+
+
+def is_tokenizer_module(pl_module) -> bool:
+    return hasattr(pl_module, "ema_tokenizer")
+
+
+class GeneratorSampler:
+    """``images(pl_module, classes int64 [B], seed) -> float [B, 3, H, W]`` in [-1, 1] (and the RefineResult)."""
+
+    def __init__(self, sampler: dict[str, Any] | None = None, ema: str | None = "ema1"):
+        self.sampler = dict(sampler or {})
+        self.ema = ema
+        self._tokenizer = None
+
+    def tokenizer(self, pl_module):
+        if self._tokenizer is None:
+            from grn.lit_modules.tokenizer import TokenizerLitModule
+
+            path = pl_module.hparams.get("tokenizer_ckpt")
+            if not path:
+                raise ValueError(
+                    "this generator module records no tokenizer_ckpt: sample callbacks cannot decode pixels"
+                )
+            self._tokenizer = TokenizerLitModule.load_tokenizer(path).to(pl_module.device).eval()
+        return self._tokenizer
+
+    @torch.no_grad()
+    def images(self, pl_module, classes: torch.Tensor, seed: int):
+        opts = {**(pl_module.hparams.get("sampler") or {}), **self.sampler}
+        g = torch.Generator(device=pl_module.device).manual_seed(int(seed))
+        ctx = pl_module.ema_weights(self.ema) if self.ema else torch.no_grad()
+        with ctx:
+            result = pl_module.sample(classes.to(pl_module.device), generator=g, **opts)
+        pixels = self.tokenizer(pl_module).decode_labels(result.labels, target="index").float().clamp(-1, 1)
+        return pixels, result
+
+
+class PeriodicGeneratorCallback(L.Callback):
+    """Calls ``self.record(trainer, pl_module)`` every ``self.every_n_steps`` optimiser steps of a generator stage
+    and, with ``self.run_at_end``, once more at the end of training unless the last step was just recorded."""
+
+    every_n_steps: int
+    run_at_end: bool
+
+    def record(self, trainer, pl_module) -> None:
+        raise NotImplementedError
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if (
+            is_generator_module(pl_module)
+            and self.every_n_steps > 0
+            and step > 0
+            and step % self.every_n_steps == 0
+        ):
+            self.record(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if (
+            is_generator_module(pl_module)
+            and self.run_at_end
+            and trainer.global_step % max(self.every_n_steps, 1)
+        ):
+            self.record(trainer, pl_module)

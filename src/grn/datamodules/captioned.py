@@ -1,0 +1,231 @@
+"""Captioned real data for text-to-image and text-to-video on a CPU: the scikit-learn digits with captions that
+name the digit ("a handwritten seven"), and *moving digits* — a real digit sliding across a black frame, captioned
+with the digit and the direction ("a handwritten seven moving left").
+
+Both are pure functions of (split, seed): the same call returns the same tensors. Train / val come from the fixed
+stratified digits split of :func:`grn.datamodules.builtin.load_digits_split`, so no digit image is in both.
+
+Items: ``{"image": float [3, S, S] in [-1, 1], "label", "caption"}`` and
+``{"video": float [3, T, S, S] in [-1, 1], "label", "direction", "caption"}``; the default collate stacks tensors
+and turns captions into a list of strings.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from grn.datamodules.builtin import load_digits_split
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIRECTIONS = ("left", "right", "up", "down")
+# unit steps (dx, dy) in image coordinates (y grows downwards)
+_STEP = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]])
+_IMAGE_TEMPLATES = ("a handwritten {w}", "the digit {w}", "a {w} written by hand")
+_VIDEO_TEMPLATES = ("a handwritten {w} moving {d}", "the digit {w} sliding {d}")
+
+
+def digit_caption(label: int, variant: int = 0) -> str:
+    """Caption of digit ``label``; ``variant`` picks one of a few phrasings (all name the digit)."""
+    return _IMAGE_TEMPLATES[variant % len(_IMAGE_TEMPLATES)].format(w=DIGIT_WORDS[label])
+
+
+def motion_caption(label: int, direction: int, variant: int = 0) -> str:
+    """Caption of a moving digit: names the digit and the direction."""
+    return _VIDEO_TEMPLATES[variant % len(_VIDEO_TEMPLATES)].format(w=DIGIT_WORDS[label], d=DIRECTIONS[direction])
+
+
+def captioned_digits(split: str, image_size: int = 32, seed: int = 0) -> tuple[Tensor, Tensor, list[str]]:
+    """Digits with captions: images ``[N, 3, S, S]`` in [-1, 1], labels ``[N]``, N captions (phrasing varies)."""
+    images, labels = load_digits_split(split, image_size=image_size, seed=seed)
+    captions = [digit_caption(int(y), i) for i, y in enumerate(labels.tolist())]
+    return images, labels, captions
+
+
+def moving_digits(
+    split: str,
+    frames: int = 9,
+    image_size: int = 32,
+    digit_size: int = 16,
+    clips_per_digit: int = 1,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+    """Clips of a real digit sliding across a black frame at constant speed.
+
+    Each digit image of ``split`` gives ``clips_per_digit`` clips; every clip gets a direction (left / right / up /
+    down, cycled so all four are balanced) and a random start on the line across the frame, drawn from
+    ``seed``. The digit moves ``(image_size - digit_size) / (frames - 1)`` pixels per frame, from one border
+    to the other, so the direction is visible between any two frames.
+
+    Returns:
+        clips ``float32 [N, 3, T, S, S]`` in [-1, 1], labels ``int64 [N]``, directions ``int64 [N]`` (index into
+        :data:`DIRECTIONS`), N captions.
+    """
+    if frames < 2 or (frames - 1) % 4:
+        raise ValueError(f"frames must be 1 + 4k with k >= 1 (the tokenizer's temporal stride), got {frames}")
+    if not 0 < digit_size < image_size:
+        raise ValueError(f"digit_size must be in (0, image_size={image_size}), got {digit_size}")
+    digits, labels = load_digits_split(split, image_size=digit_size, seed=seed)
+    digits = digits.repeat_interleave(clips_per_digit, 0)
+    labels = labels.repeat_interleave(clips_per_digit, 0)
+    n = labels.shape[0]
+    g = torch.Generator().manual_seed(seed + (0 if split == "train" else 1))
+    directions = (torch.arange(n) + torch.randint(0, 4, (1,), generator=g)) % 4
+    # where the digit's top-left corner sits: travel along the motion axis, a random offset across it
+    travel = float(image_size - digit_size)
+    along = torch.linspace(0.0, travel, frames)  # [T]
+    across = torch.rand(n, generator=g) * travel  # [N]
+    step = _STEP[directions]  # [N, 2]
+    start = torch.where(step < 0, torch.full_like(step, travel), torch.zeros_like(step))  # moving -x starts right
+    pos = start[:, None, :] + step[:, None, :] * along[None, :, None]  # [N, T, 2] for the moving axis
+    still = (step == 0)[:, None, :]
+    pos = torch.where(still, across[:, None, None].expand(n, frames, 2), pos)
+    # paste by sampling: a translation per (clip, frame), in grid_sample's normalised coordinates
+    canvas = F.pad((digits[:, :1] + 1) / 2, (0, image_size - digit_size, 0, image_size - digit_size))  # [N,1,S,S]
+    shift = pos * (2.0 / image_size)  # pixels -> normalised units
+    theta = torch.zeros(n, frames, 2, 3)
+    theta[..., 0, 0] = theta[..., 1, 1] = 1.0
+    theta[..., 0, 2], theta[..., 1, 2] = -shift[..., 0], -shift[..., 1]
+    grid = F.affine_grid(theta.view(n * frames, 2, 3), [n * frames, 1, image_size, image_size], align_corners=False)
+    src = canvas[:, None].expand(n, frames, 1, image_size, image_size).reshape(n * frames, 1, image_size, image_size)
+    moved = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    clips = moved.view(n, frames, 1, image_size, image_size).permute(0, 2, 1, 3, 4).clamp(0, 1) * 2 - 1
+    clips = clips.expand(n, 3, frames, image_size, image_size).contiguous()
+    captions = [motion_caption(int(y), int(d), i) for i, (y, d) in enumerate(zip(labels.tolist(), directions.tolist()))]
+    return clips, labels, directions, captions
+
+
+class CaptionedDataset(Dataset):
+    """In-memory rows: one tensor per key (sharing the first dim) plus the captions."""
+
+    def __init__(self, captions: list[str], **tensors: Tensor) -> None:
+        n = {len(captions), *(len(v) for v in tensors.values())}
+        if len(n) != 1:
+            raise ValueError(f"captions and tensors disagree in length: {sorted(n)}")
+        self.captions, self.tensors = captions, tensors
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"caption": self.captions[i], **{k: v[i] for k, v in self.tensors.items()}}
+
+
+class PairedDataset(Dataset):
+    """Item i of a joint set: ``{"image": ..., "video": ...}`` from two datasets (the shorter one cycles)."""
+
+    def __init__(self, images: Tensor, clips: Tensor) -> None:
+        self.images, self.clips = images, clips
+
+    def __len__(self) -> int:
+        return max(len(self.images), len(self.clips))
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i % len(self.images)], "video": self.clips[i % len(self.clips)]}
+
+
+class _InMemoryLoaders(L.LightningDataModule):
+    """Seeded shuffled train loader (full batches) and an ordered val loader over ``train_set`` / ``val_set``."""
+
+    batch_size: int
+    num_workers: int
+    seed: int
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
+                          num_workers=self.num_workers, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+
+class CaptionedDigitsDataModule(_InMemoryLoaders):
+    """Captioned digits (``kind="image"``), moving digits (``kind="video"``) for T2I / T2V, or both at once
+    (``kind="joint"``, for joint image + video tokenizer training).
+
+    Batches: ``{"image": [B, 3, S, S]}`` or ``{"video": [B, 3, T, S, S]}``, plus ``"label"`` (and ``"direction"``)
+    and ``"caption"`` (a list of B strings); joint batches are ``{"image", "video"}`` only.
+    """
+
+    def __init__(
+        self,
+        kind: str = "image",
+        image_size: int = 32,
+        frames: int = 9,
+        digit_size: int = 16,
+        clips_per_digit: int = 1,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if kind not in ("image", "video", "joint"):
+            raise ValueError(f"kind must be 'image', 'video' or 'joint', got {kind!r}")
+        self.kind, self.image_size, self.frames = kind, image_size, frames
+        self.digit_size, self.clips_per_digit = digit_size, clips_per_digit
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.train_set: CaptionedDataset | None = None
+        self.val_set: CaptionedDataset | None = None
+
+    def _build(self, split: str) -> Dataset:
+        if self.kind == "joint":
+            images = captioned_digits(split, self.image_size, self.seed)[0]
+            clips = moving_digits(split, self.frames, self.image_size, self.digit_size, self.clips_per_digit,
+                                  self.seed)[0]
+            return PairedDataset(images, clips)
+        if self.kind == "image":
+            images, labels, captions = captioned_digits(split, self.image_size, self.seed)
+            return CaptionedDataset(captions, image=images, label=labels)
+        clips, labels, directions, captions = moving_digits(
+            split, self.frames, self.image_size, self.digit_size, self.clips_per_digit, self.seed
+        )
+        return CaptionedDataset(captions, video=clips, label=labels, direction=directions)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set, self.val_set = self._build("train"), self._build("val")
+
+
+
+class EncodedCaptionedDataModule(_InMemoryLoaders):
+    """Token maps + captions for T2I / T2V training: a captioned pixel DataModule encoded once by a frozen tokenizer
+    (the generator never touches pixels). Batches: ``{"tokens": int64 [B, d, (T,) h, w], "caption": list[str],
+    "label", ("direction")}``.
+
+    Args:
+        source: a DataModule whose ``train_set`` / ``val_set`` items hold ``image`` or ``video`` and ``caption``
+            (e.g. :class:`CaptionedDigitsDataModule`).
+        tokenizer_ckpt: the tokenizer checkpoint (EMA weights are used; official files work too).
+    """
+
+    def __init__(self, source: L.LightningDataModule, tokenizer_ckpt: str, batch_size: int = 64,
+                 num_workers: int = 0, seed: int = 0, encode_batch_size: int = 128) -> None:
+        super().__init__()
+        self.source, self.tokenizer_ckpt = source, tokenizer_ckpt
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.encode_batch_size = encode_batch_size
+        self.train_set: CaptionedDataset | None = None
+        self.val_set: CaptionedDataset | None = None
+
+    @torch.no_grad()
+    def _encode(self, tokenizer, data: CaptionedDataset) -> CaptionedDataset:
+        key = "video" if "video" in data.tensors else "image"
+        pixels = data.tensors[key]
+        tokens = torch.cat([tokenizer.encode(pixels[i : i + self.encode_batch_size], target="index")
+                            for i in range(0, len(pixels), self.encode_batch_size)])
+        rest = {k: v for k, v in data.tensors.items() if k != key}
+        return CaptionedDataset(data.captions, tokens=tokens, **rest)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        from grn.lit_modules.tokenizer import TokenizerLitModule
+
+        tokenizer = TokenizerLitModule.load_tokenizer(self.tokenizer_ckpt)
+        self.source.setup(stage)
+        self.train_set = self._encode(tokenizer, self.source.train_set)
+        self.val_set = self._encode(tokenizer, self.source.val_set)

@@ -1,0 +1,268 @@
+"""Lightning orchestration of text-to-image / text-to-video GRN training (facts §4.4, §4.7): the objective,
+caption dropout, optimiser, EMA and logging. The network is :class:`grn.models.t2iv.T2IVNet`.
+
+Batches hold one kind of sample or both (joint image + video training):
+
+* one kind: ``{"tokens": int64 [B, d, (T,) h, w] index labels, "caption": list of B str}`` — or, instead of
+  ``caption``, precomputed features ``"text": float [B, L, D]`` with ``"text_lens": int64 [B]`` (token shards);
+* joint: ``{"image": {...one kind...}, "video": {...one kind...}}``.
+
+Index labels are converted to the network's layout (round-major bits for GRN_bit) here, so one token cache serves
+both variants. Captions are encoded by a frozen text encoder that is *not* part of the module's state (it is
+rebuilt from its config; weights come from local paths) and each distinct caption is encoded once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from grn import hbq
+from grn.lit_modules.config import plain_config
+from grn.lit_modules.ema import EMA
+from grn.lit_modules.generator import mix_with_noise
+from grn.lit_modules.refiner import RefinementLitModule
+from grn.models.t2iv import T2IVNet
+from grn.sampling.refine import RefineResult
+from grn.sampling.text_guidance import pad_texts, sample_text_to_labels
+
+
+def shift_keep_prob(keep_prob: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3-style shift towards more noise (facts §4.4): with n = 1 - t, n' = s·n / (1 + (s - 1)·n), t' = 1 - n'.
+    ``shift`` 1 is the identity; the released models were trained with 4 (median t' = 0.2 for uniform t)."""
+    n = 1.0 - keep_prob
+    return 1.0 - shift * n / (1.0 + (shift - 1.0) * n)
+
+
+class T2IVLitModule(RefinementLitModule):
+    """Trains a :class:`T2IVNet` on token maps with captions.
+
+    Args:
+        net: Hydra config of the network (``grn.models.t2iv.build_t2iv``).
+        text_encoder: Hydra config of the frozen caption encoder (``load_umt5_encoder`` with local paths, or
+            ``tiny_text_encoder`` in test/demo configs).
+        tokenizer_ckpt: the frozen tokenizer the tokens came from (recorded for decoding at sample time).
+        caption_drop_prob: share of captions replaced by ``""`` (the unconditional branch for guidance).
+        keep_prob_shift: the shift of :func:`shift_keep_prob` (4 as the released models).
+        keep_prob_std: > 0: t = sigmoid(N(keep_prob_mean, std²)) before the shift; <= 0: t ~ U(0, 1) (official).
+        lr, betas, weight_decay, warmup_steps, grad_clip: AdamW (official CLI: 2e-5, (0.9, 0.999), 0.005, 100,
+            2.0); 1-D parameters and biases get no weight decay; linear warm-up then constant.
+        ema_decays: one EMA per decay (``ema1`` is used for sampling).
+        sampler: sampler settings used for validation samples.
+    """
+
+    def __init__(
+        self,
+        net: dict,
+        text_encoder: dict,
+        tokenizer_ckpt: str | None = None,
+        caption_drop_prob: float = 0.1,
+        keep_prob_shift: float = 4.0,
+        keep_prob_mean: float = 0.0,
+        keep_prob_std: float = -1.0,
+        lr: float = 2e-5,
+        betas: Sequence[float] = (0.9, 0.999),
+        weight_decay: float = 0.005,
+        warmup_steps: int = 100,
+        grad_clip: float = 2.0,
+        ema_decays: Sequence[float] = (0.9999,),
+        ema_warmup: bool = False,
+        sampler: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(
+            {
+                "net": plain_config(net),
+                "text_encoder": plain_config(text_encoder),
+                "tokenizer_ckpt": str(tokenizer_ckpt) if tokenizer_ckpt else None,
+                "caption_drop_prob": caption_drop_prob,
+                "keep_prob_shift": keep_prob_shift,
+                "keep_prob_mean": keep_prob_mean,
+                "keep_prob_std": keep_prob_std,
+                "lr": lr,
+                "betas": list(betas),
+                "weight_decay": weight_decay,
+                "warmup_steps": warmup_steps,
+                "grad_clip": grad_clip,
+                "ema_decays": list(ema_decays),
+                "ema_warmup": ema_warmup,
+                "sampler": plain_config(sampler) if sampler is not None else None,
+            }
+        )
+        self.net: T2IVNet = instantiate(self.hparams.net)
+        self.build_emas(ema_decays, ema_warmup)
+        # frozen helpers are kept out of the module tree: never trained, checkpointed or sharded
+        self.__dict__["_text_encoder"] = None
+        self.__dict__["_text_memo"] = {}
+
+    # ---- captions --------------------------------------------------------------------------------------------
+    @property
+    def text_encoder(self):
+        if self.__dict__["_text_encoder"] is None:
+            enc = instantiate(self.hparams.text_encoder)
+            if enc.dim != self.net.text_dim:
+                raise ValueError(f"the text encoder gives {enc.dim}-dim features but the network expects "
+                                 f"text_dim={self.net.text_dim}")
+            self.__dict__["_text_encoder"] = enc
+        return self.__dict__["_text_encoder"]
+
+    def encode_captions(self, captions: Sequence[str]) -> list[torch.Tensor]:
+        """Captions -> ``[L_i, D]`` float32 features on this module's device; each distinct caption is encoded
+        once per process (the memo), in one encoder call for all new ones."""
+        memo: dict[str, torch.Tensor] = self.__dict__["_text_memo"]
+        new = sorted({c for c in captions if c not in memo})
+        if new:
+            for caption, feats in zip(new, self.text_encoder.encode_texts(new), strict=True):
+                memo[caption] = feats.float()
+        return [memo[c].to(self.device) for c in captions]
+
+    def _text(self, part: Mapping[str, Any], drop: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded caption features ``[B, L, D]`` and lengths ``[B]`` of a batch part; dropped rows get ``""``."""
+        if "text" in part:
+            text, lens = part["text"].float(), part["text_lens"].long()
+            if drop is not None and bool(drop.any()):
+                empty = self.encode_captions([""])[0]
+                width = max(text.shape[1], empty.shape[0])
+                text = F.pad(text, (0, 0, 0, width - text.shape[1]))
+                filler = F.pad(empty, (0, 0, 0, width - empty.shape[0]))
+                text = torch.where(drop[:, None, None], filler, text)
+                lens = torch.where(drop, torch.full_like(lens, empty.shape[0]), lens)
+            return text, lens
+        captions = list(part["caption"])
+        if drop is not None:
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        text, lens = pad_texts(self.encode_captions(captions))
+        return text.to(self.device), lens.to(self.device)
+
+    def setup(self, stage: str) -> None:
+        # load the frozen encoder now: missing weights fail at start-up with one line, not at the first step
+        self.text_encoder
+
+    # ---- data contract ---------------------------------------------------------------------------------------
+    @staticmethod
+    def parts(batch: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+        """``[(kind, part)]``: the image and/or video parts of a joint batch, or the single part."""
+        if "tokens" in batch:
+            return [("video" if batch["tokens"].dim() == 5 else "image", batch)]
+        found = [(k, batch[k]) for k in ("image", "video") if k in batch]
+        if not found:
+            raise KeyError(f"a T2I/T2V batch needs 'tokens' or 'image'/'video' parts, got keys {sorted(batch)}")
+        return found
+
+    # ---- training --------------------------------------------------------------------------------------------
+    def sample_keep_prob(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        hp = self.hparams
+        if hp.keep_prob_std > 0:
+            t = torch.sigmoid(torch.randn(n, device=self.device, generator=generator) * hp.keep_prob_std
+                              + hp.keep_prob_mean)
+        else:
+            t = torch.rand(n, device=self.device, generator=generator)
+        return shift_keep_prob(t, hp.keep_prob_shift)
+
+    def objective(self, batch: Mapping[str, Any], generator: torch.Generator | None = None, drop: bool = True):
+        """Loss of the official trainer: per-element cross-entropy, averaged over each sample's tokens, then an
+        equal-weight mean over the samples (images and clips alike). Returns (loss, per-kind sample losses)."""
+        per_sample, per_kind = [], {}
+        for kind, part in self.parts(batch):
+            x = self.target_labels(part["tokens"])
+            b = x.shape[0]
+            t = self.sample_keep_prob(b, generator)
+            dropped = None
+            if drop and self.hparams.caption_drop_prob > 0:
+                dropped = torch.rand(b, device=x.device, generator=generator) < self.hparams.caption_drop_prob
+            text, lens = self._text(part, dropped)
+            z = mix_with_noise(x, t, self.num_levels, generator)
+            logits = self.net(z, t, text, lens)
+            ce = F.cross_entropy(logits.float(), x, reduction="none").flatten(1).mean(1)  # [B]
+            per_sample.append(ce)
+            per_kind[kind] = ce
+        return torch.cat(per_sample).mean(), per_kind
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, per_kind = self.objective(batch)
+        n = sum(v.numel() for v in per_kind.values())
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        for kind, v in per_kind.items():
+            self.log(f"train/loss_{kind}", v.mean(), on_step=True, on_epoch=False, batch_size=v.numel())
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        g = torch.Generator(device=self.device).manual_seed(1000 + batch_idx)
+        with self.ema_weights():
+            loss, per_kind = self.objective(batch, generator=g, drop=False)
+        n = sum(v.numel() for v in per_kind.values())
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=n)
+
+    def learning_rate(self) -> float:
+        return float(self.hparams.lr)
+
+    # ---- sampling --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        captions: Sequence[str],
+        label_shape: Sequence[int],
+        generator: torch.Generator | None = None,
+        negative_prompt: str = "",
+        first_frame: torch.Tensor | None = None,
+        **sampler: Any,
+    ) -> RefineResult:
+        """Labels for ``captions`` with the current weights: index labels ``[B, d, (T,) h, w]``.
+
+        ``label_shape`` is the network's ``(C, h, w)`` or ``(C, T, h, w)``; ``first_frame`` (network layout
+        ``[B, C, h, w]``) makes it image-to-video."""
+        return sample_t2iv(self.net, self.encode_captions, captions, label_shape, generator, negative_prompt,
+                           first_frame, **sampler)
+
+
+def sample_t2iv(
+    net: T2IVNet,
+    encode,
+    captions: Sequence[str],
+    label_shape: Sequence[int],
+    generator: torch.Generator | None = None,
+    negative_prompt: str = "",
+    first_frame: torch.Tensor | None = None,
+    **sampler: Any,
+) -> RefineResult:
+    """Run the refinement sampler with text conditioning; ``encode`` maps captions to ``[L_i, D]`` features.
+    Returns index labels ``[B, d, (T,) h, w]`` (bits are converted). Guidance uses ``negative_prompt``."""
+    opts = {k: v for k, v in sampler.items() if k not in ("seed", "bit_target")}
+    texts = encode(list(captions))
+    negative = encode([negative_prompt]) if float(opts.get("cfg_scale", 1.0)) != 1.0 else None
+    was_training = net.training
+    net.eval()
+    try:
+        result = sample_text_to_labels(net, texts, label_shape, negative_texts=negative, generator=generator,
+                                       first_frame=first_frame, **opts)
+    finally:
+        net.train(was_training)
+    if net.target == "bits":
+        result.labels = hbq.bit_labels_to_index_labels(result.labels, net.hbq_rounds)
+    return result
+
+
+def load_t2iv(ckpt_path: str | Path, ema: str | None = "ema1", map_location: str = "cpu") -> tuple[T2IVNet, dict]:
+    """Rebuild the network of a T2IV training checkpoint; returns ``(net in eval mode, hyper_parameters)``."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"T2I/T2V checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    net: T2IVNet = instantiate(hp["net"])
+    state = ckpt["state_dict"]
+    net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+    if ema is not None:
+        prefix = f"emas.{ema}."
+        shadows = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not shadows:
+            raise KeyError(f"checkpoint {path} has no EMA named {ema!r}")
+        helper = EMA(net, 0.0)
+        helper.load_state_dict(shadows)
+        helper.copy_to(net)
+    return net.eval(), hp

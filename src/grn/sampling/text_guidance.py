@@ -1,0 +1,198 @@
+"""Text-to-image / text-to-video sampling on top of :func:`grn.sampling.refine.refine`.
+
+``refine`` calls ``net(labels, t, y)`` with per-sample ids ``y`` and, for guidance, a per-sample unconditional
+id. :class:`TextConditionedNet` makes those ids rows of a caption table: rows ``0..B-1`` are the prompts, the
+rows after them the negative prompts (one per sample, or one shared), so guidance is
+``uncond + s · (cond - uncond)`` with the *negative prompt* as the unconditional branch (facts §4.5; the official
+default negative prompt is ``""``, whose encoding is not empty: it is the end token). Everything else —
+the cosine / shifted schedule, guidance interval, temperature, complexity-aware step counts, reproducible seeds
+(one ``torch.Generator`` drives every draw; the official T2I/T2V sampler ignores its seed) and region
+re-generation — is ``refine``'s.
+
+Image-to-video: the given first frame is encoded (the tokenizer is causal, so latent frame 0 depends only on
+pixel frame 0) and held fixed as known tokens while the other latent frames are generated —
+:func:`first_frame_condition` builds the ``known`` / ``region`` pair that ``refine`` takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from grn.models.t2iv import T2IVNet
+from grn.sampling.refine import RefineResult, refine
+
+
+def pad_texts(texts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-caption features ``[L_i, D]`` -> ``(features [N, max L_i, D] zero-padded, lens int64 [N])``."""
+    if not texts:
+        raise ValueError("no captions given")
+    lens = torch.tensor([t.shape[0] for t in texts], dtype=torch.long)
+    if int(lens.min()) < 1:
+        raise ValueError("every caption needs at least one token (the tokenizer adds an end token)")
+    return torch.nn.utils.rnn.pad_sequence(list(texts), batch_first=True), lens
+
+
+class TextConditionedNet:
+    """``refine``'s network over a caption table: ``(labels [B', C, (T,) h, w], t [B'], ids [B']) -> logits``,
+    where ``ids`` pick rows of ``features`` / ``lens`` (built by :func:`pad_texts`).
+
+    ``cache_text``: text tokens attend only to their own caption, so their keys and values are the same at every
+    step; they are computed once for the whole table (:meth:`T2IVNet.text_cache`, as the official sampler's KV
+    cache) and each step runs only the visual and pt tokens. ``False`` runs the full sequence every step.
+    """
+
+    def __init__(self, net: T2IVNet, features: torch.Tensor, lens: torch.Tensor,
+                 h_div_w_template: float | None = None, cache_text: bool = True):
+        self.net = net
+        self.features = features
+        self.lens = lens.to(features.device)
+        self.h_div_w_template = h_div_w_template
+        self.cache_text = cache_text
+        self._cache = None
+
+    def __call__(self, labels: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if self.cache_text:
+            if self._cache is None:
+                self._cache = self.net.text_cache(self.features, self.lens)
+            return self.net.forward_cached(labels, t, self._cache.select(ids), self.h_div_w_template)
+        lens = self.lens[ids]
+        text = self.features[ids, : int(lens.max())]  # only as wide as the longest caption of this call
+        return self.net(labels, t, text, lens, self.h_div_w_template)
+
+
+def first_frame_condition(first: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image-to-video condition: first-frame labels ``[B, C, h, w]`` (or ``[B, C, 1, h, w]``) -> ``known``
+    ``[B, C, frames, h, w]`` (frame 0 the given labels, the rest placeholders that are never read) and
+    ``region`` bool ``[1, 1, frames, 1, 1]`` (True on the frames to generate)."""
+    if first.dim() == 4:
+        first = first.unsqueeze(2)
+    if first.dim() != 5 or first.shape[2] != 1:
+        raise ValueError(f"first-frame labels must be [B, C, h, w] or [B, C, 1, h, w], got {list(first.shape)}")
+    if frames < 2:
+        raise ValueError(f"image-to-video needs at least 2 latent frames, got {frames}")
+    known = first.expand(-1, -1, frames, -1, -1).contiguous()
+    region = torch.ones(1, 1, frames, 1, 1, dtype=torch.bool, device=first.device)
+    region[:, :, 0] = False
+    return known, region
+
+
+@torch.no_grad()
+def encode_first_frame(tokenizer, image: torch.Tensor, target: str = "bits") -> torch.Tensor:
+    """Pixels ``[B, 3, H, W]`` in [-1, 1] -> labels ``[B, C, 1, h, w]`` of latent frame 0 (``tokenizer`` an
+    :class:`~grn.models.tokenizer.HBQTokenizer`)."""
+    if image.dim() != 4:
+        raise ValueError(f"the first frame must be [B, 3, H, W], got {list(image.shape)}")
+    return tokenizer.encode(image.unsqueeze(2), target=target)
+
+
+def sample_text_to_labels(
+    net: T2IVNet,
+    texts: Sequence[torch.Tensor],
+    label_shape: Sequence[int],
+    negative_texts: Sequence[torch.Tensor] | None = None,
+    num_steps: int = 50,
+    schedule: str = "cosine",
+    snr_shift: float = 1.0,
+    cfg_scale: float = 1.0,
+    cfg_interval: Sequence[float] = (0.0, 1.0),
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    first_frame: torch.Tensor | None = None,
+    h_div_w_template: float | None = None,
+    cache_text: bool = True,
+    **refine_kwargs,
+) -> RefineResult:
+    """Generate label maps for captions.
+
+    Args:
+        net: the T2I/T2V network (eval mode).
+        texts: B caption encodings ``[L_i, text_dim]`` (:meth:`TextEncoder.encode_texts`).
+        label_shape: ``(C, h, w)`` (image) or ``(C, T, h, w)`` (video) of one label map.
+        negative_texts: the unconditional branch: one encoding per sample or a single shared one (the
+            official default is the encoding of ``""``). Needed when ``cfg_scale != 1``.
+        num_steps, schedule, snr_shift, cfg_scale, cfg_interval, temperature: see :func:`refine`
+            (the official T2I/T2V sampler: cosine schedule, guidance at every step).
+        generator: the source of every random draw; same seed and device -> same labels.
+        first_frame: image-to-video: labels ``[B, C, h, w]`` of latent frame 0 (:func:`encode_first_frame`),
+            returned unchanged while the other frames are generated. Needs a video ``label_shape``.
+        h_div_w_template: the aspect-ratio template for the 3-D RoPE positions (default: nearest to h / w).
+        cache_text: compute the captions' keys and values once (see :class:`TextConditionedNet`).
+        refine_kwargs: the rest of :func:`refine`'s options (selection, complexity-aware settings, known/region).
+    Returns:
+        :class:`RefineResult` with labels ``[B, *label_shape]``.
+    """
+    bsz = len(texts)
+    rows = list(texts)
+    null = None
+    if negative_texts is not None:
+        if len(negative_texts) not in (1, bsz):
+            raise ValueError(f"give one negative prompt or one per caption ({bsz}), got {len(negative_texts)}")
+        rows += list(negative_texts)
+        # ids of the unconditional rows: each sample's own negative prompt, or the shared one
+        null = bsz + torch.arange(bsz) if len(negative_texts) == bsz else bsz
+    features, lens = pad_texts(rows)
+    device = features.device
+    cond_net = TextConditionedNet(net, features, lens, h_div_w_template, cache_text)
+    if first_frame is not None:
+        if len(label_shape) != 4:
+            raise ValueError("image-to-video needs a video label_shape (C, T, h, w)")
+        if "known" in refine_kwargs or "region" in refine_kwargs:
+            raise ValueError("first_frame and known/region are two ways to give known tokens: use one")
+        known, region = first_frame_condition(first_frame.to(device), label_shape[1])
+        refine_kwargs.update(known=known, region=region)
+    return refine(
+        cond_net,
+        torch.arange(bsz, device=device),
+        label_shape,
+        net.num_levels,
+        num_steps=num_steps,
+        schedule=schedule,
+        snr_shift=snr_shift,
+        cfg_scale=cfg_scale,
+        cfg_interval=cfg_interval,
+        temperature=temperature,
+        null_class=null,
+        generator=generator,
+        **refine_kwargs,
+    )
+
+
+@torch.no_grad()
+def sample_from_captions(
+    net: T2IVNet,
+    text_encoder,
+    captions: Sequence[str],
+    label_shape: Sequence[int],
+    negative_prompt: str | Sequence[str] = "",
+    tokenizer=None,
+    first_frame: torch.Tensor | None = None,
+    **sample_kwargs,
+) -> tuple[RefineResult, torch.Tensor | None]:
+    """Captions -> labels (and pixels when a ``tokenizer`` is given).
+
+    Args:
+        net, text_encoder: a :class:`T2IVNet` and a :class:`~grn.models.text_encoder.TextEncoder` of matching width.
+        captions: B prompts.
+        label_shape: ``(C, h, w)`` or ``(C, T, h, w)``.
+        negative_prompt: the unconditional branch, one for all or one per caption (official default ``""``).
+        tokenizer: an :class:`~grn.models.tokenizer.HBQTokenizer`: decodes the labels to pixels in [-1, 1], and
+            encodes ``first_frame``.
+        first_frame: image-to-video: pixels ``[B, 3, H, W]`` in [-1, 1] of the first frame (needs ``tokenizer``).
+        sample_kwargs: :func:`sample_text_to_labels` options (num_steps, cfg_scale, temperature, generator, ...).
+    Returns:
+        ``(result, pixels)``; pixels ``[B, 3, (frames,) H, W]`` unclamped, or None without a tokenizer.
+    """
+    negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+    device = next(net.parameters()).device
+    encoded = [t.to(device=device, dtype=torch.float32) for t in text_encoder.encode_texts(list(captions) + negatives)]
+    first = None
+    if first_frame is not None:
+        if tokenizer is None:
+            raise ValueError("image-to-video needs the tokenizer to encode the first frame")
+        first = encode_first_frame(tokenizer, first_frame, net.target)[:, :, 0]
+    result = sample_text_to_labels(net, encoded[: len(captions)], label_shape, encoded[len(captions) :],
+                                   first_frame=first, **sample_kwargs)
+    pixels = tokenizer.decode_labels(result.labels, target=net.target) if tokenizer is not None else None
+    return result, pixels

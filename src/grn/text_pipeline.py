@@ -1,0 +1,132 @@
+"""``TextPipeline``: captions in, images or videos out (text-to-image, text-to-video, image-to-video).
+
+    pipe = GRNPipeline.from_pretrained("runs/t2iv_digits/t2v/checkpoints/last.ckpt", task="t2v")
+    out = pipe(["a handwritten seven moving left"], seed=0, height=32, width=32, frames=5, cfg_scale=2.0)
+    out.images  # float [1, 3, 5, 32, 32] in [-1, 1]
+    out = pipe(["a handwritten seven moving left"], image=first_frame)   # image-to-video, task="i2v"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+
+from grn import hbq
+from grn.models.t2iv import T2IVNet
+
+TEXT_TASKS = ("t2i", "t2v", "i2v")
+
+
+class TextPipeline:
+    """A trained T2I/T2V network, its frozen caption encoder and the frozen tokenizer that decodes its labels.
+
+    ``task`` sets the defaults of :meth:`__call__`: ``t2i`` one frame, ``t2v`` / ``i2v`` ``frames`` frames
+    (``i2v`` expects a first frame).
+    """
+
+    def __init__(self, net: T2IVNet, text_encoder, tokenizer: torch.nn.Module, task: str = "t2i",
+                 device: str | torch.device = "cpu", tokenizer_ckpt: str | None = None):
+        if task not in TEXT_TASKS:
+            raise ValueError(f"task must be one of {TEXT_TASKS}, got {task!r}")
+        self.task = task
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.text_encoder = text_encoder.to(self.device)
+        self.tokenizer = tokenizer.to(self.device).eval()
+        self.tokenizer_ckpt = tokenizer_ckpt
+        if tokenizer.latent_dim != net.latent_dim or tokenizer.hbq_rounds != net.hbq_rounds:
+            raise ValueError(f"tokenizer (d={tokenizer.latent_dim}, M={tokenizer.hbq_rounds}) does not match the "
+                             f"network (d={net.latent_dim}, M={net.hbq_rounds})")
+        self._memo: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: str | Path, task: str = "t2i", tokenizer_ckpt: str | Path | None = None,
+                        ema: str | None = "ema1", device: str | torch.device = "cpu") -> "TextPipeline":
+        """Load a T2I/T2V training checkpoint, the caption encoder its config names and its tokenizer."""
+        from hydra.utils import instantiate
+
+        from grn.lit_modules.t2iv import load_t2iv
+        from grn.lit_modules.tokenizer import TokenizerLitModule
+
+        net, hp = load_t2iv(ckpt, ema=ema)
+        tok_path = tokenizer_ckpt or hp.get("tokenizer_ckpt")
+        if not tok_path:
+            raise ValueError(f"{ckpt} records no tokenizer checkpoint: pass tokenizer_ckpt=<path>")
+        text_encoder = instantiate(hp["text_encoder"])
+        return cls(net, text_encoder, TokenizerLitModule.load_tokenizer(tok_path), task, device, str(tok_path))
+
+    def encode(self, captions: list[str]) -> list[torch.Tensor]:
+        """Caption features ``[L_i, D]`` float32, each distinct caption encoded once per pipeline."""
+        new = sorted({c for c in captions if c not in self._memo})
+        if new:
+            self._memo.update({c: f.float() for c, f in zip(new, self.text_encoder.encode_texts(new))})
+        return [self._memo[c].to(self.device) for c in captions]
+
+    def latent_frames(self, frames: int) -> int:
+        stride = self.tokenizer.temporal_stride
+        if frames < 1 or (frames - 1) % stride:
+            raise ValueError(f"frames must be 1 + {stride}·k (the tokenizer's temporal stride), got {frames}")
+        return 1 + (frames - 1) // stride
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: list[str] | str,
+        seed: int = 0,
+        height: int = 256,
+        width: int = 256,
+        frames: int | None = None,
+        negative_prompt: str = "",
+        image: torch.Tensor | None = None,
+        progress: bool = False,
+        **sampler: Any,
+    ):
+        """Generate one image (t2i) or clip (t2v / i2v) per prompt; same seed and device -> same output.
+
+        Args:
+            prompts: captions (one per output).
+            height, width: output size in pixels (multiples of the tokenizer's spatial stride).
+            frames: clip length ``1 + 4k`` (default 1 for t2i, 17 otherwise).
+            negative_prompt: the unconditional branch of guidance (official default ``""``).
+            image: image-to-video: the first frame ``[B or 1, 3, height, width]`` in [-1, 1]; it is encoded and
+                its latent frame held fixed while the rest of the clip is generated.
+            sampler: num_steps, schedule, snr_shift, cfg_scale, cfg_interval, temperature, complexity-aware keys.
+        Returns:
+            :class:`grn.pipeline.PipelineOutput` with ``images`` ``[B, 3, H, W]`` (t2i) or ``[B, 3, T, H, W]``.
+        """
+        from grn.lit_modules.t2iv import sample_t2iv
+        from grn.pipeline import PipelineOutput
+
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("no prompts given")
+        s = self.tokenizer.spatial_stride
+        if height % s or width % s:
+            raise ValueError(f"height and width must be multiples of {s}, got {height}x{width}")
+        if self.task == "i2v" and image is None:
+            raise ValueError("task i2v needs image=<first frame>")
+        frames = frames or (1 if self.task == "t2i" and image is None else 17)
+        lat_t = self.latent_frames(frames)
+        c = self.net.label_channels
+        shape = (c, height // s, width // s) if lat_t == 1 and image is None else (c, lat_t, height // s, width // s)
+        first = None
+        if image is not None:
+            if image.shape[-2:] != (height, width):
+                raise ValueError(f"the first frame must be {height}x{width}, got {list(image.shape)}")
+            first = self.tokenizer.encode(image.to(self.device).unsqueeze(2), target="index")[:, :, 0]
+            first = first.expand(len(prompts), -1, -1, -1)
+            if self.net.target == "bits":
+                first = hbq.index_labels_to_bit_labels(first, self.net.hbq_rounds)
+        g = torch.Generator(device=self.device).manual_seed(int(seed))
+        opts = {k: v for k, v in sampler.items() if k != "seed"}
+        total = int(opts.get("t_max" if opts.get("schedule") == "complexity_aware" else "num_steps", 50))
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task(f"refining {len(prompts)} sample(s)", total=total)
+            result = sample_t2iv(self.net, self.encode, prompts, shape, g, negative_prompt, first,
+                                 callback=lambda i: bar.advance(task), **opts)
+        features = hbq.dequantize(result.labels, self.net.hbq_rounds, "index")
+        images = self.tokenizer.decode(features).clamp(-1, 1)
+        return PipelineOutput(images=images, labels=result.labels, steps=result.steps, stats=result.stats)
