@@ -16,6 +16,7 @@ from rich.progress import Progress
 
 from grn import hbq
 from grn.models.t2iv import T2IVNet
+from grn.models.text_encoder import encode_memoized
 
 TEXT_TASKS = ("t2i", "t2v", "i2v")
 
@@ -60,10 +61,7 @@ class TextPipeline:
 
     def encode(self, captions: list[str]) -> list[torch.Tensor]:
         """Caption features ``[L_i, D]`` float32, each distinct caption encoded once per pipeline."""
-        new = sorted({c for c in captions if c not in self._memo})
-        if new:
-            self._memo.update({c: f.float() for c, f in zip(new, self.text_encoder.encode_texts(new))})
-        return [self._memo[c].to(self.device) for c in captions]
+        return encode_memoized(self.text_encoder, self._memo, captions, self.device)
 
     def latent_frames(self, frames: int) -> int:
         stride = self.tokenizer.temporal_stride

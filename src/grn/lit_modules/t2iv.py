@@ -28,6 +28,7 @@ from grn.lit_modules.ema import EMA
 from grn.lit_modules.generator import mix_with_noise
 from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.t2iv import T2IVNet
+from grn.models.text_encoder import encode_memoized
 from grn.sampling.refine import RefineResult
 from grn.sampling.text_guidance import pad_texts, sample_text_to_labels
 
@@ -114,12 +115,7 @@ class T2IVLitModule(RefinementLitModule):
     def encode_captions(self, captions: Sequence[str]) -> list[torch.Tensor]:
         """Captions -> ``[L_i, D]`` float32 features on this module's device; each distinct caption is encoded
         once per process (the memo), in one encoder call for all new ones."""
-        memo: dict[str, torch.Tensor] = self.__dict__["_text_memo"]
-        new = sorted({c for c in captions if c not in memo})
-        if new:
-            for caption, feats in zip(new, self.text_encoder.encode_texts(new), strict=True):
-                memo[caption] = feats.float()
-        return [memo[c].to(self.device) for c in captions]
+        return encode_memoized(self.text_encoder, self.__dict__["_text_memo"], captions, self.device)
 
     def _text(self, part: Mapping[str, Any], drop: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded caption features ``[B, L, D]`` and lengths ``[B]`` of a batch part; dropped rows get ``""``."""

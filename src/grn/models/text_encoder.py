@@ -153,6 +153,17 @@ class TextEncoder(nn.Module):
         return self.encode_texts(texts)
 
 
+def encode_memoized(encoder: TextEncoder, memo: dict[str, torch.Tensor], captions: Sequence[str],
+                    device: torch.device | str) -> list[torch.Tensor]:
+    """Captions -> float32 ``[L_i, D]`` features on ``device``. ``memo`` keeps each caption's features, so every
+    distinct caption goes through the encoder once (all new ones in one call)."""
+    new = sorted({c for c in captions if c not in memo})
+    if new:
+        for caption, feats in zip(new, encoder.encode_texts(new), strict=True):
+            memo[caption] = feats.float()
+    return [memo[c].to(device) for c in captions]
+
+
 def _missing(path: Path, what: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"{what} not found: {path} (put the umt5-xxl folder of the HF repo bytedance-research/GRN there: "
