@@ -3,6 +3,7 @@ one-hot input, naive attention, separate conditional and unconditional passes on
 
     python bench/sampler.py                       # the setting: GRN_B, 16x16x16 tokens, batch 8, 50 steps
     python bench/sampler.py --batch 2 --steps 6   # a quick CPU run
+    python bench/sampler.py --compile             # the fast sampler through torch.compile (sampler.compile=true)
 
 Prints images/s for both, the speed-up, the achieved GFLOP/s of the fast sampler against a matmul peak measured on
 the same device, and whether both produced identical labels under the same seed (random weights).
@@ -62,6 +63,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=1.31)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (compile time reported apart)")
     args = p.parse_args()
 
     device = torch.device(args.device)
@@ -82,10 +84,17 @@ def main() -> None:
     guided = int((guidance_scales(ts, args.cfg, args.interval) != 1).sum())
     passes = args.batch * (args.steps + guided)  # single-sample forward passes of the fast sampler
 
-    sample_labels(net, y[:1], torch.Generator(device).manual_seed(0), **{**opts, "num_steps": 2})  # warm-up
+    opts["compile"] = args.compile
+    # warm-up (and, with --compile, compilation for both batch shapes: conditional only, and cond + uncond)
+    _, t_warm = timed(lambda: sample_labels(net, y, torch.Generator(device).manual_seed(0),
+                                            **{**opts, "num_steps": 2, "cfg_interval": [0.0, 1.0]}), device)
+    if args.compile:
+        sample_labels(net, y, torch.Generator(device).manual_seed(0), **{**opts, "num_steps": 2, "cfg_scale": 1.0})
+        print(f"warm-up with compilation: {t_warm:.1f} s")
     fast, t_fast = timed(lambda: sample_labels(net, y, torch.Generator(device).manual_seed(0), **opts).labels, device)
     peak = matmul_peak(device, torch.float32)
-    print(f"device {device}, {args.size}, batch {args.batch}, {args.steps} steps ({guided} guided), fp32")
+    print(f"device {device}, {args.size}, batch {args.batch}, {args.steps} steps ({guided} guided), fp32"
+          + (", compiled" if args.compile else ""))
     print(f"fast sampler:      {args.batch / t_fast:8.3f} images/s  ({t_fast:.1f} s)")
     achieved = flops_per_pass * passes / t_fast / 1e9
     print(f"achieved:          {achieved:8.1f} GFLOP/s = {achieved / peak:.2f} x the measured fp32 matmul peak "

@@ -1,5 +1,6 @@
 """Sampler ablations on digits (issue evidence): refine vs mask-based vs confidence selection, fixed steps vs
-complexity-aware, GRN_ind vs GRN_bit — conditional accuracy, mean steps and network passes per image.
+complexity-aware, GRN_ind vs GRN_bit — conditional accuracy, digits-FID / digits-IS (the independent digits
+classifier's features, `grn-digits`), mean steps and network passes per image.
 
     python scripts/sampler_ablation.py --ind runs/quickstart/c2i/checkpoints/last.ckpt \\
         --bit runs/quickstart-bit/c2i/checkpoints/last.ckpt --out docs/sampler_ablation.md
@@ -68,13 +69,15 @@ def main() -> None:
             start = time.perf_counter()
             metrics, _, _ = evaluate(pipe, cfg.eval, {**base, **extra}, args.seed)
             rows.append({"model": name, "sampler": label, "conditional_accuracy": metrics["conditional_accuracy"],
+                         "digits_fid": metrics["digits_fid"], "digits_is": metrics["digits_inception_score"],
                          "mean_steps": metrics["mean_steps"], "passes": metrics["network_passes_per_image"],
                          "seconds": round(time.perf_counter() - start, 1)})
             print(json.dumps(rows[-1]), flush=True)
-    header = "| model | sampler | conditional accuracy | mean steps | network passes / image | seconds |\n|---|---|---|---|---|---|\n"
+    header = ("| model | sampler | conditional accuracy | digits-FID | digits-IS | mean steps | network passes / image "
+              "| seconds |\n|---|---|---|---|---|---|---|---|\n")
     table = header + "".join(
-        f"| {r['model']} | {r['sampler']} | {r['conditional_accuracy']:.3f} | {r['mean_steps']:.1f} | {r['passes']:.1f} "
-        f"| {r['seconds']} |\n" for r in rows
+        f"| {r['model']} | {r['sampler']} | {r['conditional_accuracy']:.3f} | {r['digits_fid']:.1f} "
+        f"| {r['digits_is']:.2f} | {r['mean_steps']:.1f} | {r['passes']:.1f} | {r['seconds']} |\n" for r in rows
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
@@ -82,6 +85,7 @@ def main() -> None:
         f"temperature 1, seed {args.seed}, scored by the independent digits classifier.\n\n"
         f"Reproduce: `python scripts/sampler_ablation.py --ind {args.ind} --bit {args.bit}`\n\n{table}"
     )
+    Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1))
     print(table)
 
 

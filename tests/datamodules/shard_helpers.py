@@ -20,8 +20,9 @@ def digit_png_samples(n: int, start: int = 0):
         yield {"__key__": f"d{i:06d}", "png": buf.getvalue(), "cls": int(y[i])}
 
 
-def tiny_tokenizer_ckpt(path, seed: int = 0):
-    """A tiny random tokenizer saved in the TokenizerLitModule checkpoint layout (hyper_parameters + weights)."""
+def tiny_tokenizer_ckpt(path, seed: int = 0, config: str = "tiny"):
+    """A tiny random tokenizer (``conf/model/tokenizer/<config>.yaml``) saved in the TokenizerLitModule checkpoint
+    layout (hyper_parameters + weights)."""
     from pathlib import Path
 
     import torch
@@ -31,7 +32,7 @@ def tiny_tokenizer_ckpt(path, seed: int = 0):
     from grn.entrypoints.common import CONF_DIR
     from grn.lit_modules.ema import EMA
 
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "tokenizer" / "tiny.yaml"))
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "tokenizer" / f"{config}.yaml"))
     torch.manual_seed(seed)
     tok = instantiate(cfg)
     state = {f"tokenizer.{k}": v for k, v in tok.state_dict().items()}

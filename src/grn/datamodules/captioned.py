@@ -12,13 +12,18 @@ and turns captions into a list of strings.
 
 from __future__ import annotations
 
+import os
+
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from grn.datamodules.builtin import load_digits_split
+from grn.datamodules.tokens import CacheReaderMixin, pipeline_settings
+from grn.datamodules.wds import ShardDataModule
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIRECTIONS = ("left", "right", "up", "down")
@@ -191,25 +196,69 @@ class CaptionedDigitsDataModule(_InMemoryLoaders):
 
 
 
-class EncodedCaptionedDataModule(_InMemoryLoaders):
+class EncodedCaptionedDataModule(CacheReaderMixin, _InMemoryLoaders):
     """Token maps + captions for T2I / T2V training: a captioned pixel DataModule encoded once by a frozen tokenizer
-    (the generator never touches pixels). Batches: ``{"tokens": int64 [B, d, (T,) h, w], "caption": list[str],
-    "label", ("direction")}``.
+    (the generator never touches pixels).
+
+    Two paths, chosen by the source:
+
+    * an in-memory source (``train_set`` / ``val_set`` items with ``image`` or ``video`` and ``caption``, e.g.
+      :class:`CaptionedDigitsDataModule`) is encoded into memory at set-up; captions stay strings (the training
+      module encodes each distinct caption once). Batches: ``{"tokens": int64 [B, d, (T,) h, w],
+      "caption": list[str], "label", ("direction")}``;
+    * a text shard source (:class:`~grn.datamodules.text.TextImageDataModule` / ``TextVideoDataModule``) is
+      encoded once — tokens *and* caption features — into an on-disk text token cache
+      (:mod:`grn.datamodules.text_tokens`, built in ``prepare_data``, reused by later runs) and read from it with
+      the shard pipeline's buckets, exact resume and bad-sample counts. Batches carry ``text`` / ``text_lens`` /
+      ``null_text`` features instead of needing the text encoder.
 
     Args:
-        source: a DataModule whose ``train_set`` / ``val_set`` items hold ``image`` or ``video`` and ``caption``
-            (e.g. :class:`CaptionedDigitsDataModule`).
+        source: the pixel DataModule (or its Hydra config).
         tokenizer_ckpt: the tokenizer checkpoint (EMA weights are used; official files work too).
+        text_encoder: shard sources: the Hydra config of the caption encoder the cache is built with.
+        cache_dir: shard sources: cache root (default ``$GRN_CACHE_DIR`` or ``.cache/grn``).
+        text_dtype: shard sources: ``float16`` (half the disk) or ``float32`` features.
+        encode_batch_size, device: how the cache is encoded (once).
     """
 
     def __init__(self, source: L.LightningDataModule, tokenizer_ckpt: str, batch_size: int = 64,
-                 num_workers: int = 0, seed: int = 0, encode_batch_size: int = 128) -> None:
+                 num_workers: int = 0, seed: int = 0, encode_batch_size: int = 128,
+                 text_encoder: dict | None = None, cache_dir: str | None = None, text_dtype: str = "float16",
+                 drop_last: bool = True, device: str = "cpu") -> None:
         super().__init__()
+        if not isinstance(source, L.LightningDataModule):  # a config (the stage instantiates non-recursively)
+            source = instantiate(source)
         self.source, self.tokenizer_ckpt = source, tokenizer_ckpt
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.encode_batch_size = encode_batch_size
+        self.text_encoder, self.text_dtype = text_encoder, text_dtype
+        self.cache_dir = cache_dir or os.environ.get("GRN_CACHE_DIR", ".cache/grn")
+        self.drop_last, self.device = drop_last, device
         self.train_set: CaptionedDataset | None = None
         self.val_set: CaptionedDataset | None = None
+
+    @property
+    def sharded(self) -> bool:
+        return isinstance(self.source, ShardDataModule)
+
+    @property
+    def provides_text_features(self) -> bool:
+        """True where batches carry caption features (the training module then never loads the text encoder)."""
+        return self.sharded
+
+    def _text_cache(self):
+        from grn.datamodules.text_tokens import ensure_text_token_cache
+
+        if self.text_encoder is None:
+            raise ValueError("a text shard source needs the datamodule's text_encoder config (the caption "
+                             "features are cached with it)")
+        return ensure_text_token_cache(self.source, self.tokenizer_ckpt, self.text_encoder, self.cache_dir,
+                                       batch_size=self.encode_batch_size, device=self.device,
+                                       text_dtype=self.text_dtype)
+
+    def prepare_data(self) -> None:
+        if self.sharded:  # once per node, before setup
+            self._text_cache()
 
     @torch.no_grad()
     def _encode(self, tokenizer, data: CaptionedDataset) -> CaptionedDataset:
@@ -221,7 +270,16 @@ class EncodedCaptionedDataModule(_InMemoryLoaders):
         return CaptionedDataset(data.captions, tokens=tokens, **rest)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        if self.train_set is not None or self.tokens is not None:
+            return
+        if self.sharded:
+            from grn.datamodules.text_tokens import TextTokenShardDataModule
+
+            self.attach_cache(TextTokenShardDataModule(
+                cache=str(self._text_cache()), short_caption_prob=getattr(self.source, "short_caption_prob", 0.2),
+                batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed,
+                drop_last=self.drop_last, **pipeline_settings(self.source),
+            ))
             return
         from grn.lit_modules.tokenizer import TokenizerLitModule
 
@@ -229,3 +287,9 @@ class EncodedCaptionedDataModule(_InMemoryLoaders):
         self.source.setup(stage)
         self.train_set = self._encode(tokenizer, self.source.train_set)
         self.val_set = self._encode(tokenizer, self.source.val_set)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.tokens.train_dataloader() if self.tokens is not None else super().train_dataloader()
+
+    def val_dataloader(self) -> DataLoader:
+        return self.tokens.val_dataloader() if self.tokens is not None else super().val_dataloader()

@@ -34,6 +34,7 @@ from grn.datamodules.writers import ShardWriter
 from grn.io import atomic_write_json
 
 __all__ = [
+    "CacheShardDataModule",
     "TokenShardDataModule",
     "cache_dir_for",
     "ensure_token_cache",
@@ -211,7 +212,32 @@ def _pattern(cache: Path, shards: list[str]) -> list[str] | None:
     return [str(cache / s) for s in shards] or None
 
 
-class TokenShardDataModule(ShardDataModule):
+class CacheShardDataModule(ShardDataModule):
+    """A shard pipeline over the train / val shards a cache's ``meta.json`` lists (``self.meta``)."""
+
+    def __init__(self, cache: str | os.PathLike, **kwargs) -> None:
+        self.cache = Path(cache)
+        self.meta = read_meta(self.cache)
+        splits = self.meta["splits"]
+        if not splits.get("train", {}).get("shards"):
+            raise ValueError(f"cache {cache} has no train shards")
+        # a list of single-shard sources with equal weights is the same as one pattern over them
+        super().__init__(
+            train_shards=_pattern(self.cache, splits["train"]["shards"]),
+            val_shards=_pattern(self.cache, splits.get("val", {}).get("shards", [])),
+            **kwargs,
+        )
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.meta["latent_dim"])
+
+    @property
+    def hbq_rounds(self) -> int:
+        return int(self.meta["hbq_rounds"])
+
+
+class TokenShardDataModule(CacheShardDataModule):
     """Generator batches straight from a token cache (no tokenizer, no pixels in the training loop).
 
     Args:
@@ -222,31 +248,13 @@ class TokenShardDataModule(ShardDataModule):
     """
 
     def __init__(self, cache: str, flip: bool = True, **kwargs) -> None:
-        self.cache = Path(cache)
-        self.meta = read_meta(self.cache)
-        splits = self.meta["splits"]
-        if not splits.get("train", {}).get("shards"):
-            raise ValueError(f"token cache {cache} has no train shards")
-        # a list of single-shard sources with equal weights is the same as one pattern over them
-        super().__init__(
-            train_shards=_pattern(self.cache, splits["train"]["shards"]),
-            val_shards=_pattern(self.cache, splits.get("val", {}).get("shards", [])),
-            **kwargs,
-        )
+        super().__init__(cache, **kwargs)
         self.flip = bool(flip)
 
     @property
     def num_classes(self) -> int | None:
         n = self.meta.get("num_classes")
         return None if n is None else int(n)
-
-    @property
-    def latent_dim(self) -> int:
-        return int(self.meta["latent_dim"])
-
-    @property
-    def hbq_rounds(self) -> int:
-        return int(self.meta["hbq_rounds"])
 
     def decoder(self, split: str) -> TokenDecoder:
         return TokenDecoder(self.flip and split == "train", self.num_classes, self.meta.get("token_shape"))

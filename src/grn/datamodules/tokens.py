@@ -40,6 +40,13 @@ class TensorDictDataset(Dataset):
         return {k: v[i] for k, v in self.tensors.items()}
 
 
+def pipeline_settings(source: ShardDataModule) -> dict:
+    """The stream settings a cache reader takes over from the pixel source it replaces."""
+    return {"resampled": source.resampled, "epoch_samples": source.epoch_samples,
+            "shuffle_buffer": source.shuffle_buffer, "shuffle_initial": source.shuffle_initial,
+            "log_every_s": source.log_every_s}
+
+
 @torch.no_grad()
 def encode_dataset(tokenizer: torch.nn.Module, dataset: Dataset, batch_size: int = 256) -> dict[str, torch.Tensor]:
     """Encode every ``{"image", "label"}`` item -> ``{"tokens": [N, d, h, w] int64, "label": [N]}`` (order kept)."""
@@ -51,7 +58,40 @@ def encode_dataset(tokenizer: torch.nn.Module, dataset: Dataset, batch_size: int
     return {"tokens": torch.cat(tokens), "label": torch.cat(labels)}
 
 
-class EncodedDataModule(L.LightningDataModule):
+class CacheReaderMixin:
+    """For a DataModule that serves a cache through an inner shard DataModule (``self.tokens``, set by
+    :meth:`attach_cache`): the inner one's data position, exact resume and bad-sample totals."""
+
+    tokens: ShardDataModule | None = None
+    _pending_state: dict | None = None
+
+    def attach_cache(self, reader: ShardDataModule) -> None:
+        reader.trainer = self.trainer  # rank and world size for the shard split
+        if self._pending_state is not None:
+            reader.load_state_dict(self._pending_state)
+            self._pending_state = None
+        self.tokens = reader
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        return self.tokens.record(batch) if self.tokens is not None else batch
+
+    def state_dict(self) -> dict:
+        return self.tokens.state_dict() if self.tokens is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        if self.tokens is None:
+            self._pending_state = state  # restored before setup: applied when the cache reader exists
+        else:
+            self.tokens.load_state_dict(state)
+
+    @property
+    def bad_samples(self) -> dict[str, int]:
+        return self.tokens.bad_samples if self.tokens is not None else {}
+
+
+class EncodedDataModule(CacheReaderMixin, L.LightningDataModule):
     """Wraps a pixel DataModule (with ``train_set`` / ``val_set`` after ``setup``) and serves its token maps.
 
     Args:
@@ -91,8 +131,6 @@ class EncodedDataModule(L.LightningDataModule):
         self.flip = bool(getattr(source, "flip", False)) if flip is None else bool(flip)
         self.encode_batch_size = int(encode_batch_size)
         self.device = device
-        self.tokens = None  # the TokenShardDataModule of a shard source, after setup
-        self._pending_state: dict | None = None
 
     @property
     def num_classes(self) -> int:
@@ -127,17 +165,11 @@ class EncodedDataModule(L.LightningDataModule):
         if self.sharded:
             from grn.datamodules.token_shards import TokenShardDataModule
 
-            src = self.source
-            self.tokens = TokenShardDataModule(
+            self.attach_cache(TokenShardDataModule(
                 cache=str(self._token_cache()), flip=self.flip, batch_size=self.batch_size,
-                num_workers=self.num_workers, seed=self.seed, drop_last=self.drop_last, resampled=src.resampled,
-                epoch_samples=src.epoch_samples, shuffle_buffer=src.shuffle_buffer,
-                shuffle_initial=src.shuffle_initial, log_every_s=src.log_every_s,
-            )
-            self.tokens.trainer = self.trainer  # rank and world size for the shard split
-            if self._pending_state is not None:
-                self.tokens.load_state_dict(self._pending_state)
-                self._pending_state = None
+                num_workers=self.num_workers, seed=self.seed, drop_last=self.drop_last,
+                **pipeline_settings(self.source),
+            ))
             return
         from grn.lit_modules.tokenizer import TokenizerLitModule
 
@@ -146,25 +178,6 @@ class EncodedDataModule(L.LightningDataModule):
         self.source.setup(stage)
         self.train_set = TensorDictDataset(**encode_dataset(tokenizer, self.source.train_set))
         self.val_set = TensorDictDataset(**encode_dataset(tokenizer, self.source.val_set))
-
-    # ---- shard path: the token shards' loaders, data position and bad-sample totals -------------------------
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        return self.tokens.record(batch) if self.tokens is not None else batch
-
-    def state_dict(self) -> dict:
-        return self.tokens.state_dict() if self.tokens is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if not state:
-            return
-        if self.tokens is None:
-            self._pending_state = state  # restored before setup: applied when the token shards exist
-        else:
-            self.tokens.load_state_dict(state)
-
-    @property
-    def bad_samples(self) -> dict[str, int]:
-        return self.tokens.bad_samples if self.tokens is not None else {}
 
     def train_dataloader(self) -> DataLoader:
         if self.tokens is not None:

@@ -197,6 +197,10 @@ class Batcher:
     def pending(self) -> list[int]:
         return [i for i, _ in self._buf]
 
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """One batch from its samples; subclasses pad variable-length fields (text features)."""
+        return collate(samples)
+
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack tensors / numbers; strings (captions, keys) stay lists."""
@@ -325,7 +329,7 @@ class ShardStream(IterableDataset):
         def make(samples: list[dict], raw_count: int) -> dict[str, Any]:
             nonlocal batches
             batches += 1
-            batch = collate(samples)
+            batch = batcher.collate(samples)
             bad = counter.snapshot()
             batch["_data"] = {
                 "tag": self.tag,

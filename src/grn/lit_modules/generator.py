@@ -158,9 +158,11 @@ def sample_labels(
         known, region: region re-generation — index labels ``[B, d, h, w]`` to keep and a bool mask
             ``[B, 1, h, w]`` (or broadcastable) that is True where to generate.
         sampler: the ``sampler`` config keys (num_steps, cfg_scale, cfg_interval, temperature, schedule, ...);
-            ``seed`` is ignored here: pass a seeded ``generator``.
+            ``seed`` is ignored here: pass a seeded ``generator``. ``compile=True`` runs the network through
+            ``torch.compile`` (compiled once per network and kept; the first call pays the compile time).
     """
     opts = {k: v for k, v in sampler.items() if k != "seed"}
+    forward = compiled_forward(net) if opts.pop("compile", False) else net
     trained = getattr(net, "bit_target", "absolute")
     asked = opts.pop("bit_target", None)
     if asked is not None and asked != trained:
@@ -172,7 +174,7 @@ def sample_labels(
     net.eval()
     try:
         result = refine(
-            net,
+            forward,
             classes,
             (net.label_channels, net.input_size, net.input_size),
             net.num_levels,
@@ -188,6 +190,16 @@ def sample_labels(
     if net.target == "bits":
         result.labels = hbq.bit_labels_to_index_labels(result.labels, net.hbq_rounds)
     return result
+
+
+def compiled_forward(net: torch.nn.Module):
+    """``torch.compile`` of ``net``'s forward, built once and kept on the network (batch sizes that change, as under
+    complexity-aware sampling, are compiled dynamically after the first change)."""
+    fn = net.__dict__.get("_grn_compiled_forward")
+    if fn is None:
+        fn = torch.compile(net.forward, dynamic=None)
+        net.__dict__["_grn_compiled_forward"] = fn
+    return fn
 
 
 def load_generator(ckpt_path: str | Path, ema: str | None = "ema1", map_location: str = "cpu") -> tuple[GRN, dict]:

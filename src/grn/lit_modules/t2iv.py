@@ -4,7 +4,8 @@ caption dropout, optimiser, EMA and logging. The network is :class:`grn.models.t
 Batches hold one kind of sample or both (joint image + video training):
 
 * one kind: ``{"tokens": int64 [B, d, (T,) h, w] index labels, "caption": list of B str}`` — or, instead of
-  ``caption``, precomputed features ``"text": float [B, L, D]`` with ``"text_lens": int64 [B]`` (token shards);
+  ``caption``, precomputed features ``"text": float [B, L, D]`` with ``"text_lens": int64 [B]`` and the empty
+  caption's ``"null_text": [L0, D]`` (a text token cache, :mod:`grn.datamodules.text_tokens`);
 * joint: ``{"image": {...one kind...}, "video": {...one kind...}}``.
 
 Index labels are converted to the network's layout (round-major bits for GRN_bit) here, so one token cache serves
@@ -14,6 +15,7 @@ rebuilt from its config; weights come from local paths) and each distinct captio
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
 from grn.sampling.refine import RefineResult
 from grn.sampling.text_guidance import pad_texts, sample_text_to_labels
+
+log = logging.getLogger(__name__)
 
 
 def shift_keep_prob(keep_prob: torch.Tensor, shift: float) -> torch.Tensor:
@@ -122,7 +126,8 @@ class T2IVLitModule(RefinementLitModule):
         if "text" in part:
             text, lens = part["text"].float(), part["text_lens"].long()
             if drop is not None and bool(drop.any()):
-                empty = self.encode_captions([""])[0]
+                # a text token cache ships the empty caption's features: no encoder needed for dropout
+                empty = part["null_text"].float() if "null_text" in part else self.encode_captions([""])[0]
                 width = max(text.shape[1], empty.shape[0])
                 text = F.pad(text, (0, 0, 0, width - text.shape[1]))
                 filler = F.pad(empty, (0, 0, 0, width - empty.shape[0]))
@@ -136,8 +141,11 @@ class T2IVLitModule(RefinementLitModule):
         return text.to(self.device), lens.to(self.device)
 
     def setup(self, stage: str) -> None:
-        # load the frozen encoder now: missing weights fail at start-up with one line, not at the first step
-        self.text_encoder
+        # load the frozen encoder now: missing weights fail at start-up with one line, not at the first step —
+        # unless the data brings cached caption features (then it is loaded only if something samples)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if not getattr(datamodule, "provides_text_features", False):
+            _ = self.text_encoder  # the property loads it
 
     # ---- data contract ---------------------------------------------------------------------------------------
     @staticmethod
@@ -228,7 +236,9 @@ def sample_t2iv(
 ) -> RefineResult:
     """Run the refinement sampler with text conditioning; ``encode`` maps captions to ``[L_i, D]`` features.
     Returns index labels ``[B, d, (T,) h, w]`` (bits are converted). Guidance uses ``negative_prompt``."""
-    opts = {k: v for k, v in sampler.items() if k not in ("seed", "bit_target")}
+    opts = {k: v for k, v in sampler.items() if k not in ("seed", "bit_target", "compile")}
+    if sampler.get("compile"):
+        log.warning("sampler.compile applies to the class-conditional sampler; T2I/T2V sampling runs eagerly")
     texts = encode(list(captions))
     negative = encode([negative_prompt]) if float(opts.get("cfg_scale", 1.0)) != 1.0 else None
     was_training = net.training

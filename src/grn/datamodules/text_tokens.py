@@ -1,0 +1,246 @@
+"""Text token caches: text–image / text–video shards encoded once by the frozen tokenizer *and* the frozen text
+encoder, so T2I/T2V training reads token maps and caption features and never runs either encoder (umT5-XXL alone
+holds 5.7B parameters).
+
+Layout of one cache (``<cache_dir>/text_tokens/<tokenizer sha256[:16]>-<settings sha256[:8]>/``, the settings
+being the source's transform, the text encoder's config and the feature dtype):
+
+* ``train-000000.tar`` … (and ``val-*.tar``): one sample per image/clip with ``tok`` (packed HBQ index labels, as
+  :mod:`grn.datamodules.token_shards`), ``json`` (the caption-relevant jsonl fields, every caption the official
+  rules can pick for them, and each caption's feature length) and ``text.npy`` (the features of all those
+  captions, concatenated: ``[sum L_i, D]``);
+* ``null.npy`` — the features of the empty caption (caption dropout, the unconditional branch);
+* ``meta.json`` — written last, so its presence means the cache is complete.
+
+Every caption a sample can get is cached, so the caption is still drawn at every read, with the official rules
+(short caption with probability ``short_caption_prob``; MiniCPM half of the time). The pixels are fixed per sample
+(the bucket's centre crop; for video the seeded clip of the single pass), as in any token cache.
+
+Batches (one aspect-ratio bucket each): ``{"tokens": int64 [B, d, (T,) h, w], "text": float16 [B, L, D]
+(zero-padded), "text_lens": int64 [B], "null_text": float16 [L0, D], "caption": list[str], "key": list[str]}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from grn.datamodules.bad_samples import BadSample
+from grn.datamodules.buckets import BucketBatcher
+from grn.datamodules.text import caption_candidates, image_caption, video_caption
+from grn.datamodules.token_shards import (
+    CacheShardDataModule,
+    file_sha256,
+    pack_tokens,
+    read_meta,
+    unpack_tokens,
+)
+from grn.datamodules.wds import ShardDataModule, collate
+from grn.datamodules.writers import ShardWriter
+from grn.io import atomic_write_bytes, atomic_write_json
+
+__all__ = ["TextTokenShardDataModule", "ensure_text_token_cache", "text_cache_dir_for"]
+
+_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise BadSample("wrong_type", f"text features do not load: {err}") from None
+
+
+def _encoder_spec(text_encoder: dict[str, Any]) -> dict[str, Any]:
+    """The encoder's config, with size and mtime of every file it names: new weights at the same path, new cache
+    (hashing an 11 GB file at every start-up would cost minutes)."""
+    spec: dict[str, Any] = {"config": text_encoder, "files": {}}
+    for value in text_encoder.values():
+        if isinstance(value, str) and os.path.isfile(value):
+            st = os.stat(value)
+            spec["files"][value] = [st.st_size, int(st.st_mtime)]
+    return spec
+
+
+def text_cache_dir_for(root: str | os.PathLike, tokenizer_ckpt: str | os.PathLike, settings: dict[str, Any]) -> Path:
+    """``<root>/text_tokens/<ckpt sha256[:16]>-<settings sha256[:8]>``."""
+    s = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return Path(root) / "text_tokens" / f"{file_sha256(tokenizer_ckpt)[:16]}-{s}"
+
+
+def _features(features: torch.Tensor, dtype: str) -> np.ndarray:
+    out = features.float().cpu().numpy().astype(_DTYPES[dtype])
+    if not np.isfinite(out).all():
+        raise ValueError(f"caption features overflow {dtype}; build the cache with text_dtype=float32")
+    return out
+
+
+@torch.no_grad()
+def ensure_text_token_cache(
+    source: ShardDataModule,
+    tokenizer_ckpt: str | os.PathLike,
+    text_encoder: dict[str, Any],
+    cache_root: str | os.PathLike,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    text_dtype: str = "float16",
+    max_count: int = 1000,
+) -> Path:
+    """The text token cache of a :class:`~grn.datamodules.text.TextImageDataModule` or ``TextVideoDataModule``:
+    found, or built once now (train and, when the source has them, val shards; bad samples are skipped and
+    counted as in training). ``text_encoder`` is the Hydra config of the caption encoder. Returns the folder."""
+    from hydra.utils import instantiate
+
+    from grn.lit_modules.config import plain_config
+    from grn.lit_modules.tokenizer import TokenizerLitModule
+    from grn.models.text_encoder import TextEncoder
+
+    if text_dtype not in _DTYPES:
+        raise ValueError(f"text_dtype must be one of {sorted(_DTYPES)}, got {text_dtype!r}")
+    if not Path(tokenizer_ckpt).is_file():
+        raise FileNotFoundError(f"tokenizer checkpoint not found: {tokenizer_ckpt}")
+    kind = source.kind
+    encoder_cfg = plain_config(text_encoder)
+    settings = {"transform": source.transform_spec(), "text_encoder": _encoder_spec(encoder_cfg),
+                "text_dtype": text_dtype}
+    out = text_cache_dir_for(cache_root, tokenizer_ckpt, settings)
+    if (out / "meta.json").is_file():
+        return out
+    tokenizer = TokenizerLitModule.load_tokenizer(tokenizer_ckpt, map_location=device)
+    encoder: TextEncoder = instantiate(encoder_cfg).to(device)
+    rounds = int(tokenizer.hbq_rounds)
+    info: dict[str, Any] = {
+        "kind": kind, "hbq_rounds": rounds, "text_dim": encoder.dim, "text_dtype": text_dtype,
+        "tokenizer_ckpt": os.path.abspath(tokenizer_ckpt), "tokenizer_sha256": out.name.split("-")[0],
+        "settings": settings, "splits": {},
+    }
+    splits = ["train"] + (["val"] if source.val_shards is not None else [])
+    for split in splits:
+        view = source.single_pass(split, batch_size)
+        with ShardWriter(out, prefix=split, max_count=max_count) as writer:
+            for batch in view.train_dataloader():
+                batch = view.record(batch)
+                tokens = tokenizer.encode(batch[kind].to(device), target="index").cpu()  # [B, d, (T,) h, w]
+                fields = [json.loads(f) for f in batch["caption_fields"]]
+                candidates = [caption_candidates(kind, f) for f in fields]
+                unique = sorted({c for cs in candidates for c in cs})
+                feats = dict(zip(unique, encoder.encode_texts(unique), strict=True))
+                for i, key in enumerate(batch["key"]):
+                    parts = [_features(feats[c], text_dtype) for c in candidates[i]]
+                    writer.write({
+                        "__key__": key,
+                        "tok": pack_tokens(tokens[i], rounds),
+                        "json": {"fields": fields[i], "captions": candidates[i], "lens": [len(p) for p in parts]},
+                        "text.npy": _npy(np.concatenate(parts)),
+                    })
+                info["latent_dim"] = int(tokens.shape[1])
+            bad = view.bad_samples
+        info["splits"][split] = {"shards": [p.name for p in writer.shards], "num_samples": writer.count,
+                                 "bad_samples": {k: v for k, v in bad.items() if v}}
+    atomic_write_bytes(_npy(_features(encoder.encode_texts([""])[0], text_dtype)), out / "null.npy")
+    atomic_write_json(info, out / "meta.json")  # last: marks the cache complete
+    return out
+
+
+class TextTokenDecoder:
+    """``tok`` + ``json`` + ``text.npy`` → ``{"tokens", "text" [L, D], "caption", "key", "bucket"}``; the caption
+    is drawn with the official rules from the cached candidates; the bucket is the token shape."""
+
+    def __init__(self, kind: str, short_caption_prob: float) -> None:
+        self.kind, self.short_caption_prob = kind, float(short_caption_prob)
+
+    def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        for name in ("tok", "json", "text.npy"):
+            if name not in sample:
+                raise BadSample("missing_key", f"no {name} among {sorted(sample)}")
+        tokens = unpack_tokens(sample["tok"])
+        try:
+            info = json.loads(sample["json"])
+            fields, captions, lens = info["fields"], info["captions"], info["lens"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise BadSample("wrong_type", f"text cache json: {err}") from None
+        if self.kind == "image":
+            caption = image_caption(fields, rng, self.short_caption_prob)
+        else:
+            caption = video_caption(fields, rng)
+        if caption not in captions:
+            raise BadSample("wrong_type", f"caption {caption[:40]!r} is not among the cached ones")
+        feats = _load_npy(sample["text.npy"])
+        if feats.ndim != 2 or feats.shape[0] != sum(lens):
+            raise BadSample("wrong_type", f"text features of shape {feats.shape} do not hold lengths {lens}")
+        i = captions.index(caption)
+        start = sum(lens[:i])
+        text = torch.from_numpy(np.array(feats[start : start + lens[i]]))  # a copy: the bytes buffer is read-only
+        return {"tokens": tokens, "text": text, "caption": caption, "key": sample["__key__"],
+                "bucket": tuple(tokens.shape)}
+
+
+class TextFeatureBatcher(BucketBatcher):
+    """Buckets by token shape; pads the caption features of a batch and adds their lengths and the empty
+    caption's features."""
+
+    def __init__(self, batch_size: int, drop_last: bool, null_text: torch.Tensor) -> None:
+        super().__init__(batch_size, drop_last)
+        self.null_text = null_text
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        texts = [s.pop("text") for s in samples]
+        batch = collate(samples)
+        batch["text"] = pad_sequence(texts, batch_first=True)                      # [B, L, D]
+        batch["text_lens"] = torch.tensor([t.shape[0] for t in texts], dtype=torch.int64)
+        batch["null_text"] = self.null_text                                        # [L0, D]
+        return batch
+
+
+class TextTokenShardDataModule(CacheShardDataModule):
+    """T2I / T2V batches straight from a text token cache: no tokenizer, no text encoder, no pixels.
+
+    Args:
+        cache: the cache folder (with ``meta.json``), as printed by ``scripts/cache_text_tokens.py``.
+        short_caption_prob: image captions: chance of the short caption (official 0.2).
+        **kwargs: pipeline settings of :class:`~grn.datamodules.wds.ShardDataModule`.
+    """
+
+    provides_text_features = True
+
+    def __init__(self, cache: str, short_caption_prob: float = 0.2, **kwargs) -> None:
+        super().__init__(cache, **kwargs)
+        self.short_caption_prob = float(short_caption_prob)
+        self.null_text = torch.from_numpy(np.load(self.cache / "null.npy", allow_pickle=False))
+
+    @property
+    def kind(self) -> str:
+        """``"image"`` or ``"video"``: which caption rules the reader applies."""
+        return str(self.meta["kind"])
+
+    def decoder(self, split: str) -> TextTokenDecoder:
+        return TextTokenDecoder(self.kind, self.short_caption_prob)
+
+    def batcher(self, split: str) -> TextFeatureBatcher:
+        return TextFeatureBatcher(self.batch_size, self.drop_last if split == "train" else False, self.null_text)
+
+
+def iter_cache_samples(cache: str | os.PathLike, split: str = "train") -> Iterator[dict[str, Any]]:
+    """Raw samples of a cache in shard order (for inspection and tests)."""
+    import webdataset as wds
+
+    meta = read_meta(cache)
+    for shard in meta["splits"][split]["shards"]:
+        yield from wds.WebDataset(str(Path(cache) / shard), shardshuffle=False)
