@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from grn.datamodules.builtin import load_digits_split
+from grn.datamodules.joint import JointShards, JointSource
 from grn.datamodules.tokens import CacheReaderMixin, pipeline_settings
 from grn.datamodules.wds import ShardDataModule
 
@@ -136,16 +137,16 @@ class _InMemoryLoaders(L.LightningDataModule):
     """Seeded shuffled train loader (full batches) and an ordered val loader over ``train_set`` / ``val_set``."""
 
     batch_size: int
-    num_workers: int
+    num_workers: int | None
     seed: int
 
     def train_dataloader(self) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
-                          num_workers=self.num_workers, drop_last=True)
+                          num_workers=self.num_workers or 0, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers or 0)
 
 
 class CaptionedDigitsDataModule(_InMemoryLoaders):
@@ -210,7 +211,9 @@ class EncodedCaptionedDataModule(CacheReaderMixin, _InMemoryLoaders):
       encoded once — tokens *and* caption features — into an on-disk text token cache
       (:mod:`grn.datamodules.text_tokens`, built in ``prepare_data``, reused by later runs) and read from it with
       the shard pipeline's buckets, exact resume and bad-sample counts. Batches carry ``text`` / ``text_lens`` /
-      ``null_text`` features instead of needing the text encoder.
+      ``null_text`` features instead of needing the text encoder;
+    * a :class:`~grn.datamodules.joint.JointSource` (``data=text_joint``): each part cached as above and read in
+      step, batches ``{"image": {...}, "video": {...}}`` (joint image + video training).
 
     Args:
         source: the pixel DataModule (or its Hydra config).
@@ -222,7 +225,7 @@ class EncodedCaptionedDataModule(CacheReaderMixin, _InMemoryLoaders):
     """
 
     def __init__(self, source: L.LightningDataModule, tokenizer_ckpt: str, batch_size: int = 64,
-                 num_workers: int = 0, seed: int = 0, encode_batch_size: int = 128,
+                 num_workers: int | None = None, seed: int = 0, encode_batch_size: int = 128,
                  text_encoder: dict | None = None, cache_dir: str | None = None, text_dtype: str = "float16",
                  drop_last: bool = True, device: str = "cpu") -> None:
         super().__init__()
@@ -239,26 +242,31 @@ class EncodedCaptionedDataModule(CacheReaderMixin, _InMemoryLoaders):
 
     @property
     def sharded(self) -> bool:
-        return isinstance(self.source, ShardDataModule)
+        return isinstance(self.source, (ShardDataModule, JointSource))
 
     @property
     def provides_text_features(self) -> bool:
         """True where batches carry caption features (the training module then never loads the text encoder)."""
         return self.sharded
 
-    def _text_cache(self):
+    def _shard_sources(self) -> dict[str, ShardDataModule]:
+        """The pixel shard sources by part name (one unnamed part unless the source is a JointSource)."""
+        return dict(self.source.parts) if isinstance(self.source, JointSource) else {"": self.source}
+
+    def _text_cache(self, source: ShardDataModule | None = None):
         from grn.datamodules.text_tokens import ensure_text_token_cache
 
         if self.text_encoder is None:
             raise ValueError("a text shard source needs the datamodule's text_encoder config (the caption "
                              "features are cached with it)")
-        return ensure_text_token_cache(self.source, self.tokenizer_ckpt, self.text_encoder, self.cache_dir,
-                                       batch_size=self.encode_batch_size, device=self.device,
+        return ensure_text_token_cache(source or self.source, self.tokenizer_ckpt, self.text_encoder,
+                                       self.cache_dir, batch_size=self.encode_batch_size, device=self.device,
                                        text_dtype=self.text_dtype)
 
     def prepare_data(self) -> None:
         if self.sharded:  # once per node, before setup
-            self._text_cache()
+            for source in self._shard_sources().values():
+                self._text_cache(source)
 
     @torch.no_grad()
     def _encode(self, tokenizer, data: CaptionedDataset) -> CaptionedDataset:
@@ -275,11 +283,15 @@ class EncodedCaptionedDataModule(CacheReaderMixin, _InMemoryLoaders):
         if self.sharded:
             from grn.datamodules.text_tokens import TextTokenShardDataModule
 
-            self.attach_cache(TextTokenShardDataModule(
-                cache=str(self._text_cache()), short_caption_prob=getattr(self.source, "short_caption_prob", 0.2),
-                batch_size=self.batch_size, num_workers=self.num_workers, seed=self.seed,
-                drop_last=self.drop_last, **pipeline_settings(self.source),
-            ))
+            readers = {
+                name: TextTokenShardDataModule(
+                    cache=str(self._text_cache(src)), short_caption_prob=getattr(src, "short_caption_prob", 0.2),
+                    batch_size=src.batch_size if name else self.batch_size, seed=self.seed,
+                    drop_last=self.drop_last, **pipeline_settings(src, self.num_workers),
+                )
+                for name, src in self._shard_sources().items()
+            }
+            self.attach_cache(readers[""] if "" in readers else JointShards(readers))
             return
         from grn.lit_modules.tokenizer import TokenizerLitModule
 

@@ -40,9 +40,12 @@ class TensorDictDataset(Dataset):
         return {k: v[i] for k, v in self.tensors.items()}
 
 
-def pipeline_settings(source: ShardDataModule) -> dict:
-    """The stream settings a cache reader takes over from the pixel source it replaces."""
+def pipeline_settings(source: ShardDataModule, num_workers: int | None = None) -> dict:
+    """The stream settings a cache reader takes over from the pixel source it replaces (its loader workers too,
+    unless ``num_workers`` is given: ``data.num_workers`` is what a user sets)."""
     return {"resampled": source.resampled, "epoch_samples": source.epoch_samples,
+            "num_workers": source.num_workers if num_workers is None else int(num_workers),
+            "pin_memory": source.pin_memory,
             "shuffle_buffer": source.shuffle_buffer, "shuffle_initial": source.shuffle_initial,
             "log_every_s": source.log_every_s}
 
@@ -98,6 +101,7 @@ class EncodedDataModule(CacheReaderMixin, L.LightningDataModule):
         source: the pixel DataModule (e.g. :class:`~grn.datamodules.builtin.DigitsDataModule`).
         tokenizer_ckpt: checkpoint of the trained tokenizer (its EMA weights are used).
         batch_size, num_workers, seed: loader settings; the train order is deterministic under ``seed``.
+            ``num_workers`` None: a shard source's own (``data.num_workers``), 0 for in-memory sources.
         cache_dir: data cache root of token caches (shard sources only; default ``$GRN_CACHE_DIR`` or
             ``.cache/grn``).
         flip: shard sources: cache the tokens of both horizontal flips and train on a random one per sample
@@ -110,7 +114,7 @@ class EncodedDataModule(CacheReaderMixin, L.LightningDataModule):
         source: L.LightningDataModule,
         tokenizer_ckpt: str,
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         seed: int = 0,
         drop_last: bool = True,
         cache_dir: str | None = None,
@@ -167,8 +171,7 @@ class EncodedDataModule(CacheReaderMixin, L.LightningDataModule):
 
             self.attach_cache(TokenShardDataModule(
                 cache=str(self._token_cache()), flip=self.flip, batch_size=self.batch_size,
-                num_workers=self.num_workers, seed=self.seed, drop_last=self.drop_last,
-                **pipeline_settings(self.source),
+                seed=self.seed, drop_last=self.drop_last, **pipeline_settings(self.source, self.num_workers),
             ))
             return
         from grn.lit_modules.tokenizer import TokenizerLitModule
@@ -188,11 +191,11 @@ class EncodedDataModule(CacheReaderMixin, L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=True,
             generator=g,
-            num_workers=self.num_workers,
+            num_workers=self.num_workers or 0,
             drop_last=self.drop_last,
         )
 
     def val_dataloader(self) -> DataLoader:
         if self.tokens is not None:
             return self.tokens.val_dataloader()
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers or 0)
