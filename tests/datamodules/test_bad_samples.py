@@ -69,7 +69,7 @@ def test_each_bad_kind_is_counted_exactly_and_training_continues(tmp_path):
     # every good sample before the damage was trained on: 10 from shard a, 5 from the truncated shard b
     assert sorted(model.keys) == sorted([f"d{i:06d}" for i in range(15)])
     assert dm.bad_samples == {"truncated_tar": 1, "decode_image": 1, "decode_video": 0, "missing_key": 1,
-                              "wrong_type": 1}
+                              "wrong_type": 1, "too_short": 0}
     # ... and the counts reached the logger as data/bad_<reason>
     logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
     header, last = logged[0].split(","), logged[-1].split(",")
@@ -86,7 +86,7 @@ def test_counts_are_summed_over_workers_and_survive_resume(tmp_path):
     for batch in dm.train_dataloader():
         dm.record(batch)
     assert dm.bad_samples == {"truncated_tar": 1, "decode_image": 1, "decode_video": 0, "missing_key": 1,
-                              "wrong_type": 1}
+                              "wrong_type": 1, "too_short": 0}
     # a second epoch adds the same again
     for batch in dm.train_dataloader():
         dm.record(batch)
@@ -108,7 +108,7 @@ def test_undecodable_video_and_wrong_json_are_counted(tmp_path):
     _trainer(tmp_path, max_epochs=1).fit(model, datamodule=dm)
     assert sorted(model.keys) == ["v0", "v1", "v2", "v3"]
     assert dm.bad_samples == {"truncated_tar": 0, "decode_image": 0, "decode_video": 1, "missing_key": 1,
-                              "wrong_type": 1}
+                              "wrong_type": 1, "too_short": 0}
 
 
 def test_logging_is_rate_limited(caplog):
@@ -138,4 +138,4 @@ def test_counts_are_exact_across_a_resume(tmp_path, stop):
     keys += [k for b in resumed.train_dataloader() for k in resumed.record(b)["key"]]
     assert keys == full_keys
     assert resumed.bad_samples == full.bad_samples == {"truncated_tar": 1, "decode_image": 1, "decode_video": 0,
-                                                       "missing_key": 1, "wrong_type": 1}
+                                                       "missing_key": 1, "wrong_type": 1, "too_short": 0}

@@ -112,3 +112,35 @@ def test_text_video_batches(tmp_path):
     batch = dm.record(next(iter(dm.train_dataloader())))
     assert batch["video"].shape == (2, 3, 9, *bucket_pixels(9 / 16, 4, 8))
     assert batch["caption"] == ["clip 0", "clip 1"]
+
+
+def test_clip_frames_follow_the_official_duration_rule():
+    from grn.datamodules.text import clip_frames
+
+    assert clip_frames(2.2, 16, 81) == 33 and clip_frames(1.6, 16, 81) == 33  # rounded to whole seconds
+    assert clip_frames(9.0, 16, 81) == 81                                     # capped (official: at most 81)
+    assert clip_frames(2.0, 10, 81) == 21 and clip_frames(3.0, 10, 81) == 29  # 31 -> 1 + 4k below it
+    with pytest.raises(BadSample) as err:
+        clip_frames(0.4, 16, 81)
+    assert err.value.reason == "too_short"
+
+
+def test_per_clip_durations_give_batches_of_one_length(tmp_path):
+    """durations=per_clip: 1 s and 2 s videos become 9- and 17-frame clips at 8 fps; a batch never mixes them;
+    a video under the minimum duration is skipped and counted."""
+    frames = np.stack([np.full((32, 32, 3), 9 * i, np.uint8) for i in range(24)])
+    data = encode_mp4(frames, 8)  # 3 s at 8 fps
+    lengths = [8, 16, 8, 16, 8, 16, 8, 16, 3]  # source frames used: 1 s or 2 s; the last is 0.375 s
+    samples = [{"__key__": f"v{i}", "mp4": data, "json": json.dumps(
+        {"tarsier2_caption": f"clip {i}", "begin_frame_id": 0, "end_frame_id": n, "fps": 8})}
+        for i, n in enumerate(lengths)]
+    write_shards(samples, tmp_path)
+    dm = TextVideoDataModule(train_shards=str(tmp_path / "shard-000000.tar"), num_frames=33, fps=8, pn=4, stride=8,
+                             durations="per_clip", batch_size=2, resampled=False, shuffle_buffer=0, drop_last=False)
+    batches = [dm.record(b) for b in dm.train_dataloader()]
+    seen = {}
+    for b in batches:
+        for key in b["key"]:
+            seen[key] = b["video"].shape[2]
+    assert seen == {f"v{i}": 9 if n == 8 else 17 for i, n in enumerate(lengths[:-1])}
+    assert dm.bad_samples["too_short"] == 1

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 # every reason the pipelines use; counts are reported for all of them (zeros included) so a metric never appears
 # half-way through a run
-BAD_REASONS = ("truncated_tar", "decode_image", "decode_video", "missing_key", "wrong_type")
+# too_short: a video shorter than the minimum training duration (filtered, as the official loader drops it)
+BAD_REASONS = ("truncated_tar", "decode_image", "decode_video", "missing_key", "wrong_type", "too_short")
 
 
 class BadSample(Exception):

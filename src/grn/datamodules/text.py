@@ -26,7 +26,7 @@ import numpy as np
 from grn.datamodules.bad_samples import BadSample
 from grn.datamodules.buckets import H_DIV_W_TEMPLATES, BucketBatcher, bucket_pixels, nearest_template
 from grn.datamodules.images import decode_image, to_tensor
-from grn.datamodules.video import check_num_frames, clip_from_sample, resize_cover_crop, sample_meta
+from grn.datamodules.video import check_num_frames, clip_from_sample, probe_video, resize_cover_crop, sample_meta
 from grn.datamodules.wds import Batcher, ShardDataModule
 
 __all__ = ["TextImageDataModule", "TextVideoDataModule", "caption_candidates", "image_caption", "video_caption"]
@@ -106,11 +106,47 @@ class TextImageDecoder:
         return out
 
 
+def clip_frames(seconds: float, fps: float, max_frames: int, min_duration: float = 1.0,
+                resolution: float = 1.0) -> int:
+    """Frames of a clip trained at its own duration (facts §5.2): the duration rounded to ``resolution`` seconds,
+    below ``min_duration`` rejected (``BadSample("too_short")``), then ``int(duration · fps + 1)`` frames, clamped
+    to ``max_frames`` and rounded down to ``1 + 4k`` (the tokenizer's temporal stride)."""
+    mapped = round(seconds / resolution) * resolution
+    if mapped < min_duration:
+        raise BadSample("too_short", f"{seconds:.2f} s is under the minimum of {min_duration} s")
+    frames = min(int(mapped * fps + 1), int(max_frames))
+    return 1 + 4 * ((frames - 1) // 4)
+
+
 class TextVideoDecoder:
     def __init__(self, pn: str | int, stride: int, num_frames: int, fps: float, templates: tuple[float, ...],
-                 with_fields: bool = False):
+                 with_fields: bool = False, durations: str = "fixed", min_duration: float = 1.0,
+                 duration_resolution: float = 1.0):
         self.pn, self.stride, self.templates, self.with_fields = pn, stride, templates, with_fields
         self.num_frames, self.fps = check_num_frames(num_frames), float(fps)
+        self.durations, self.min_duration, self.duration_resolution = durations, min_duration, duration_resolution
+
+    def _frames(self, sample: dict[str, Any], meta: dict[str, Any]) -> tuple[int, float]:
+        """``(frames, frame rate)`` of this sample's clip. Per-clip durations round to whole seconds, which can be
+        longer than the video (1.6 s -> 2 s): the clip then spans the whole video at a slightly higher rate, as the
+        official loader stretches its frame indices over the range it has."""
+        if self.durations == "fixed":
+            return self.num_frames, self.fps
+        if "begin_frame_id" in meta and "end_frame_id" in meta and meta.get("fps"):
+            src_fps = float(meta["fps"])
+            seconds = (float(meta["end_frame_id"]) - float(meta["begin_frame_id"])) / src_fps
+        else:
+            try:
+                info = probe_video(bytes(sample["mp4"]))
+            except KeyError:
+                raise BadSample("missing_key", f"no mp4 among {sorted(sample)}") from None
+            except (av.FFmpegError, IndexError, ValueError, OSError, ZeroDivisionError) as err:
+                raise BadSample("decode_video", f"{type(err).__name__}: {err}") from None
+            seconds, src_fps = float(info["duration"]), float(info["fps"])
+        frames = clip_frames(seconds, self.fps, self.num_frames, self.min_duration, self.duration_resolution)
+        last = seconds - 1.0 / src_fps  # time of the last source frame after the first
+        rate = self.fps if (frames - 1) / self.fps <= last else (frames - 1) / max(last, 1e-6)
+        return frames, rate
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         meta = sample_meta(sample)
@@ -121,8 +157,11 @@ class TextVideoDecoder:
             h_div_w = self._probe_ratio(sample)
         ratio = nearest_template(h_div_w, self.templates)
         size = bucket_pixels(ratio, self.pn, self.stride)
-        video = clip_from_sample(sample, meta, self.num_frames, self.fps, size, rng, flip=False)
-        out = {"video": video, "caption": caption, "key": sample["__key__"], "bucket": ratio}
+        frames, rate = self._frames(sample, meta)
+        video = clip_from_sample(sample, meta, frames, rate, size, rng, flip=False)
+        # a batch holds one shape: the bucket is the aspect ratio and, with per-clip durations, the frame count
+        bucket = ratio if self.durations == "fixed" else (ratio, frames)
+        out = {"video": video, "caption": caption, "key": sample["__key__"], "bucket": bucket}
         if self.with_fields:
             out["caption_fields"] = caption_fields("video", meta)
         return out
@@ -185,20 +224,35 @@ class TextVideoDataModule(_BucketedDataModule):
     """Text–video shards (from ``video_path`` jsonl lines with frame ranges), batched per bucket.
 
     Args:
-        num_frames: ``1 + 4k`` frames per clip; fps: their rate (official 16).
+        num_frames: ``1 + 4k`` frames per clip (``durations="per_clip"``: the most a clip gets); fps: their rate
+            (official 16).
+        durations: ``"fixed"`` (every clip ``num_frames``) or ``"per_clip"`` (the official recipe: each clip is
+            trained at its own duration, rounded to ``duration_resolution`` seconds, at least ``min_duration``
+            — shorter videos are skipped and counted as ``too_short`` — giving ``int(d · fps + 1)`` frames up to
+            ``num_frames``; batches then hold one aspect ratio *and* one frame count).
         pn, stride, templates: as :class:`TextImageDataModule`.
         **kwargs: pipeline settings of :class:`~grn.datamodules.wds.ShardDataModule`.
     """
 
     kind = "video"
 
-    def __init__(self, num_frames: int = 33, fps: float = 16.0, **kwargs) -> None:
+    def __init__(self, num_frames: int = 33, fps: float = 16.0, durations: str = "fixed", min_duration: float = 1.0,
+                 duration_resolution: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_frames, self.fps = check_num_frames(num_frames), float(fps)
+        if durations not in ("fixed", "per_clip"):
+            raise ValueError(f"durations must be 'fixed' or 'per_clip', got {durations!r}")
+        self.durations, self.min_duration = durations, float(min_duration)
+        self.duration_resolution = float(duration_resolution)
 
     def transform_spec(self) -> dict[str, Any]:
-        return {**super().transform_spec(), "num_frames": self.num_frames, "fps": self.fps}
+        spec = {**super().transform_spec(), "num_frames": self.num_frames, "fps": self.fps}
+        if self.durations != "fixed":
+            spec.update(durations=self.durations, min_duration=self.min_duration,
+                        duration_resolution=self.duration_resolution)
+        return spec
 
     def decoder(self, split: str) -> TextVideoDecoder:
-        return TextVideoDecoder(self.pn, self.stride, self.num_frames, self.fps, self.templates, self.with_fields)
+        return TextVideoDecoder(self.pn, self.stride, self.num_frames, self.fps, self.templates, self.with_fields,
+                                self.durations, self.min_duration, self.duration_resolution)
 

@@ -117,9 +117,10 @@ class GeneratorLitModule(RefinementLitModule):
         return loss, t, acc
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, t, acc = self.objective(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/token_acc", acc.mean(), on_step=True, on_epoch=False)
+        loss, _, acc = self.objective(batch)
+        n = acc.numel()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        self.log("train/token_acc", acc.mean(), on_step=True, on_epoch=False, batch_size=n)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -127,8 +128,9 @@ class GeneratorLitModule(RefinementLitModule):
         g = torch.Generator(device=batch["tokens"].device).manual_seed(1000 + batch_idx)
         with self.ema_weights():
             loss, _, acc = self.objective(batch, generator=g, drop_labels=False)
-        self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True)
-        self.log("val/token_acc", acc.mean(), on_epoch=True, sync_dist=True)
+        # batch_size: the epoch mean weighs a short last batch by its size (and Lightning need not guess it)
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=acc.numel())
+        self.log("val/token_acc", acc.mean(), on_epoch=True, sync_dist=True, batch_size=acc.numel())
 
     # ---- optimisation ----------------------------------------------------------------------------------------
     def learning_rate(self) -> float:
