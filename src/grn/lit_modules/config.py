@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -16,3 +17,19 @@ def plain_config(cfg: Any) -> Any:
     if isinstance(cfg, Mapping):
         return {k: plain_config(v) for k, v in cfg.items()}
     return cfg
+
+
+def plain_hparams(*values: Any) -> tuple[Any, ...]:
+    """Constructor arguments as checkpoint-safe values, in order: configs become plain dicts, sequences (tuples,
+    ListConfigs) lists, paths strings, and empty paths None."""
+    out = []
+    for v in values:
+        v = plain_config(v)
+        if isinstance(v, Path):
+            v = str(v)
+        elif isinstance(v, Sequence) and not isinstance(v, str):
+            v = list(v)
+        elif isinstance(v, str) and not v:
+            v = None
+        out.append(v)
+    return tuple(out)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from grn import hbq
-from grn.lit_modules.config import plain_config
+from grn.lit_modules.config import plain_hparams
 from grn.lit_modules.ema import EMA
 from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.generator import GRN
@@ -76,24 +76,9 @@ class GeneratorLitModule(RefinementLitModule):
         sampler: dict | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(
-            {
-                "net": plain_config(net),
-                "tokenizer_ckpt": str(tokenizer_ckpt) if tokenizer_ckpt else None,
-                "label_drop_prob": label_drop_prob,
-                "keep_prob_mean": keep_prob_mean,
-                "keep_prob_std": keep_prob_std,
-                "blr": blr,
-                "lr": lr,
-                "betas": list(betas),
-                "weight_decay": weight_decay,
-                "warmup_steps": warmup_steps,
-                "grad_clip": grad_clip,
-                "ema_decays": list(ema_decays),
-                "ema_warmup": ema_warmup,
-                "sampler": plain_config(sampler) if sampler is not None else None,
-            }
-        )
+        # plain containers in the checkpoint's hyper_parameters (save_hyperparameters reads these locals)
+        net, sampler, betas, ema_decays, tokenizer_ckpt = plain_hparams(net, sampler, betas, ema_decays, tokenizer_ckpt)
+        self.save_hyperparameters()
         self.net: GRN = instantiate(self.hparams.net)
         self.build_emas(ema_decays, ema_warmup)
 

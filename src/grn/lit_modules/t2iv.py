@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from grn import hbq
-from grn.lit_modules.config import plain_config
+from grn.lit_modules.config import plain_hparams
 from grn.lit_modules.ema import EMA
 from grn.lit_modules.generator import mix_with_noise
 from grn.lit_modules.refiner import RefinementLitModule
@@ -80,25 +80,10 @@ class T2IVLitModule(RefinementLitModule):
         sampler: dict | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(
-            {
-                "net": plain_config(net),
-                "text_encoder": plain_config(text_encoder),
-                "tokenizer_ckpt": str(tokenizer_ckpt) if tokenizer_ckpt else None,
-                "caption_drop_prob": caption_drop_prob,
-                "keep_prob_shift": keep_prob_shift,
-                "keep_prob_mean": keep_prob_mean,
-                "keep_prob_std": keep_prob_std,
-                "lr": lr,
-                "betas": list(betas),
-                "weight_decay": weight_decay,
-                "warmup_steps": warmup_steps,
-                "grad_clip": grad_clip,
-                "ema_decays": list(ema_decays),
-                "ema_warmup": ema_warmup,
-                "sampler": plain_config(sampler) if sampler is not None else None,
-            }
-        )
+        # plain containers in the checkpoint's hyper_parameters (save_hyperparameters reads these locals)
+        net, text_encoder, sampler, betas, ema_decays, tokenizer_ckpt = plain_hparams(
+            net, text_encoder, sampler, betas, ema_decays, tokenizer_ckpt)
+        self.save_hyperparameters()
         self.net: T2IVNet = instantiate(self.hparams.net)
         self.build_emas(ema_decays, ema_warmup)
         # frozen helpers are kept out of the module tree: never trained, checkpointed or sharded
