@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from grn.datamodules.builtin import load_digits_split
 from grn.datamodules.joint import JointShards, JointSource
-from grn.datamodules.tokens import CacheReaderMixin, pipeline_settings
+from grn.datamodules.tokens import CacheReaderMixin, InMemoryLoaders, pipeline_settings
 from grn.datamodules.wds import ShardDataModule
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -133,23 +133,7 @@ class PairedDataset(Dataset):
         return {"image": self.images[i % len(self.images)], "video": self.clips[i % len(self.clips)]}
 
 
-class _InMemoryLoaders(L.LightningDataModule):
-    """Seeded shuffled train loader (full batches) and an ordered val loader over ``train_set`` / ``val_set``."""
-
-    batch_size: int
-    num_workers: int | None
-    seed: int
-
-    def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
-                          num_workers=self.num_workers or 0, drop_last=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers or 0)
-
-
-class CaptionedDigitsDataModule(_InMemoryLoaders):
+class CaptionedDigitsDataModule(InMemoryLoaders):
     """Captioned digits (``kind="image"``), moving digits (``kind="video"``) for T2I / T2V, or both at once
     (``kind="joint"``, for joint image + video tokenizer training).
 
@@ -197,7 +181,7 @@ class CaptionedDigitsDataModule(_InMemoryLoaders):
 
 
 
-class EncodedCaptionedDataModule(CacheReaderMixin, _InMemoryLoaders):
+class EncodedCaptionedDataModule(CacheReaderMixin, InMemoryLoaders):
     """Token maps + captions for T2I / T2V training: a captioned pixel DataModule encoded once by a frozen tokenizer
     (the generator never touches pixels).
 
@@ -299,9 +283,3 @@ class EncodedCaptionedDataModule(CacheReaderMixin, _InMemoryLoaders):
         self.source.setup(stage)
         self.train_set = self._encode(tokenizer, self.source.train_set)
         self.val_set = self._encode(tokenizer, self.source.val_set)
-
-    def train_dataloader(self) -> DataLoader:
-        return self.tokens.train_dataloader() if self.tokens is not None else super().train_dataloader()
-
-    def val_dataloader(self) -> DataLoader:
-        return self.tokens.val_dataloader() if self.tokens is not None else super().val_dataloader()

@@ -61,9 +61,28 @@ def encode_dataset(tokenizer: torch.nn.Module, dataset: Dataset, batch_size: int
     return {"tokens": torch.cat(tokens), "label": torch.cat(labels)}
 
 
+class InMemoryLoaders(L.LightningDataModule):
+    """Loaders over in-memory ``train_set`` / ``val_set``: a shuffled train loader whose order is fixed by
+    ``seed`` (full batches unless ``drop_last`` is false) and an ordered val loader."""
+
+    batch_size: int
+    num_workers: int | None
+    seed: int
+    drop_last: bool = True
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=g,
+                          num_workers=self.num_workers or 0, drop_last=self.drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers or 0)
+
+
 class CacheReaderMixin:
     """For a DataModule that serves a cache through an inner shard DataModule (``self.tokens``, set by
-    :meth:`attach_cache`): the inner one's data position, exact resume and bad-sample totals."""
+    :meth:`attach_cache`): the inner one's loaders, data position, exact resume and bad-sample totals. List it
+    before the class that provides the in-memory loaders."""
 
     tokens: ShardDataModule | None = None
     _pending_state: dict | None = None
@@ -93,8 +112,15 @@ class CacheReaderMixin:
     def bad_samples(self) -> dict[str, int]:
         return self.tokens.bad_samples if self.tokens is not None else {}
 
+    # the cache reader's loaders once attached, else the next class's (in-memory sets)
+    def train_dataloader(self) -> DataLoader:
+        return self.tokens.train_dataloader() if self.tokens is not None else super().train_dataloader()
 
-class EncodedDataModule(CacheReaderMixin, L.LightningDataModule):
+    def val_dataloader(self) -> DataLoader:
+        return self.tokens.val_dataloader() if self.tokens is not None else super().val_dataloader()
+
+
+class EncodedDataModule(CacheReaderMixin, InMemoryLoaders):
     """Wraps a pixel DataModule (with ``train_set`` / ``val_set`` after ``setup``) and serves its token maps.
 
     Args:
@@ -181,21 +207,3 @@ class EncodedDataModule(CacheReaderMixin, L.LightningDataModule):
         self.source.setup(stage)
         self.train_set = TensorDictDataset(**encode_dataset(tokenizer, self.source.train_set))
         self.val_set = TensorDictDataset(**encode_dataset(tokenizer, self.source.val_set))
-
-    def train_dataloader(self) -> DataLoader:
-        if self.tokens is not None:
-            return self.tokens.train_dataloader()
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=g,
-            num_workers=self.num_workers or 0,
-            drop_last=self.drop_last,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        if self.tokens is not None:
-            return self.tokens.val_dataloader()
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers or 0)
