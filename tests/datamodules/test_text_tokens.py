@@ -199,7 +199,8 @@ def test_training_from_text_shards_never_loads_an_encoder_twice(compose_cfg, tmp
     from grn.models import text_encoder as te
 
     tok_ckpt = tiny_tokenizer_ckpt(tmp_path / "tok.ckpt", config="tiny_joint")
-    data = (["data=text_image", f"data.train_shards='{text_image_shards}'", "data.pn=4", "data.stride=8"]
+    data = (["data=text_image", f"data.train_shards='{text_image_shards}'", "data.pn=4", "data.stride=8",
+             f"data.val_shards='{text_image_shards}'"]  # a val split too: cached, and validated on at step 3
             if task == "t2i" else
             ["data=text_video", f"data.train_shards='{text_video_shards}'", "data.pn=4", "data.stride=8",
              "data.num_frames=9", "data.fps=8"])
@@ -220,6 +221,9 @@ def test_training_from_text_shards_never_loads_an_encoder_twice(compose_cfg, tmp
         assert state["global_step"] == 3
         losses = [float(row.split(",")[idx]) for idx, row in _csv_column(Path(cfg.paths.run_dir), "train/loss")]
         assert len(losses) == 3 and all(np.isfinite(losses))
+        if task == "t2i":
+            val = [float(row.split(",")[idx]) for idx, row in _csv_column(Path(cfg.paths.run_dir), "val/loss")]
+            assert len(val) == 1 and np.isfinite(val[0])
     assert len(loads) == 1  # the cache build; neither training run instantiated the encoder
     caches = list((tmp_path / "cache" / "text_tokens").iterdir())
     assert len(caches) == 1 and (caches[0] / "meta.json").is_file()
