@@ -16,8 +16,7 @@ from hydra.utils import instantiate
 
 from grn import hbq
 from grn.lit_modules.config import plain_hparams
-from grn.lit_modules.ema import EMA
-from grn.lit_modules.refiner import RefinementLitModule
+from grn.lit_modules.refiner import RefinementLitModule, load_refiner_net
 from grn.models.generator import GRN
 from grn.sampling.refine import RefineResult, refine
 
@@ -194,20 +193,4 @@ def load_generator(ckpt_path: str | Path, ema: str | None = "ema1", map_location
 
     ``ema`` names the EMA whose weights are loaded (``None`` for the live weights).
     """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"generator checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    hp = ckpt["hyper_parameters"]
-    net: GRN = instantiate(hp["net"])
-    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict(state)
-    if ema is not None and "grn_export" not in ckpt:  # an export (grn.distributed.export) holds final weights
-        prefix = f"emas.{ema}."
-        shadows = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-        if not shadows:
-            raise KeyError(f"checkpoint {path} has no EMA named {ema!r}")
-        helper = EMA(net, 0.0)
-        helper.load_state_dict(shadows)
-        helper.copy_to(net)
-    return net.eval(), hp
+    return load_refiner_net(ckpt_path, ema, map_location, what="generator")

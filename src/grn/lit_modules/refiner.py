@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -83,3 +84,31 @@ class RefinementLitModule(L.LightningModule):
             with torch.no_grad():
                 for n, p in reshard(self.net).named_parameters():  # FSDP: back to the shards first
                     p.copy_(live[n])
+
+
+def load_refiner_net(ckpt_path: str | Path, ema: str | None = "ema1", map_location: str = "cpu",
+                     what: str = "generator") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the network of a :class:`RefinementLitModule` checkpoint (or of an export of one); returns
+    ``(net in eval mode, hyper_parameters)``. ``ema`` names the EMA whose weights are loaded (``None``: the live
+    weights); ``what`` names the checkpoint in the missing-file error."""
+    from hydra.utils import instantiate
+
+    from grn.distributed.export import EXPORT_KEY
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    net = instantiate(hp["net"])
+    state = ckpt["state_dict"]
+    net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+    if ema is not None and EXPORT_KEY not in ckpt:  # an export holds final weights
+        prefix = f"emas.{ema}."
+        shadows = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not shadows:
+            raise KeyError(f"checkpoint {path} has no EMA named {ema!r}")
+        helper = EMA(net, 0.0)
+        helper.load_state_dict(shadows)
+        helper.copy_to(net)
+    return net.eval(), hp

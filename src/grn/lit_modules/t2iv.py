@@ -26,9 +26,8 @@ from hydra.utils import instantiate
 
 from grn import hbq
 from grn.lit_modules.config import plain_hparams
-from grn.lit_modules.ema import EMA
 from grn.lit_modules.generator import mix_with_noise
-from grn.lit_modules.refiner import RefinementLitModule
+from grn.lit_modules.refiner import RefinementLitModule, load_refiner_net
 from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
 from grn.sampling.refine import RefineResult
@@ -239,21 +238,8 @@ def sample_t2iv(
 
 
 def load_t2iv(ckpt_path: str | Path, ema: str | None = "ema1", map_location: str = "cpu") -> tuple[T2IVNet, dict]:
-    """Rebuild the network of a T2IV training checkpoint; returns ``(net in eval mode, hyper_parameters)``."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"T2I/T2V checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    hp = ckpt["hyper_parameters"]
-    net: T2IVNet = instantiate(hp["net"])
-    state = ckpt["state_dict"]
-    net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
-    if ema is not None:
-        prefix = f"emas.{ema}."
-        shadows = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not shadows:
-            raise KeyError(f"checkpoint {path} has no EMA named {ema!r}")
-        helper = EMA(net, 0.0)
-        helper.load_state_dict(shadows)
-        helper.copy_to(net)
-    return net.eval(), hp
+    """Rebuild the network from a training checkpoint; returns ``(net in eval mode, hyper_parameters)``.
+
+    ``ema`` names the EMA whose weights are loaded (``None`` for the live weights).
+    """
+    return load_refiner_net(ckpt_path, ema, map_location, what="T2I/T2V")
