@@ -39,3 +39,44 @@ def tiny_tokenizer_ckpt(path, seed: int = 0, config: str = "tiny"):
     state.update({f"ema.{k}": v for k, v in EMA(tok, 0.0).state_dict().items()})
     torch.save({"hyper_parameters": {"tokenizer": cfg}, "state_dict": state}, path)
     return path
+
+
+def key_recorder(check=None):
+    """A one-parameter LightningModule that records the sample keys it trains on, in order (``.keys``);
+    ``check(batch)`` runs on every training batch. Its loss reads the batch's ``image``, ``video`` or ``tokens``."""
+    import lightning as L
+    import torch
+
+    class KeyRecorder(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.keys: list[str] = []
+
+        def training_step(self, batch, batch_idx):
+            assert "_data" not in batch  # the DataModule removed the pipeline's metadata
+            if check is not None:
+                check(batch)
+            self.keys.extend(batch["key"])
+            x = next(batch[k] for k in ("image", "video", "tokens") if k in batch)
+            return (x.float().mean() * self.w - 1) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return KeyRecorder()
+
+
+def fit_keys(dm, max_steps, ckpt_dir, ckpt_path=None, every=None, check=None):
+    """Train a :func:`key_recorder` on ``dm`` for ``max_steps`` (checkpoints ``{step}.ckpt`` in ``ckpt_dir`` every
+    ``every`` steps; resumes from ``ckpt_path``); returns the keys it trained on."""
+    import lightning as L
+
+    callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every, save_top_k=-1,
+                                                     filename="{step}")] if every else []
+    model = key_recorder(check)
+    L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
+              enable_model_summary=False, enable_checkpointing=bool(every), callbacks=callbacks,
+              num_sanity_val_steps=0, limit_val_batches=0).fit(model, datamodule=dm, ckpt_path=ckpt_path,
+                                                              weights_only=True)
+    return model.keys

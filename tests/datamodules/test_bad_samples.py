@@ -8,32 +8,13 @@ import tarfile
 import lightning as L
 import numpy as np
 import pytest
-import torch
 
 from grn.datamodules.bad_samples import BAD_REASONS, BadSample, BadSampleCounter, BadSampleLogger
 from grn.datamodules.images import ImageShardDataModule
 from grn.datamodules.video import VideoShardDataModule, encode_mp4
 from grn.datamodules.writers import write_shards
 
-from shard_helpers import digit_png_samples
-
-
-class _Recorder(L.LightningModule):
-    """A one-parameter model that records the keys it trains on."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(()))
-        self.keys: list[str] = []
-
-    def training_step(self, batch, batch_idx):
-        assert "_data" not in batch  # the DataModule removed the pipeline's metadata
-        self.keys.extend(batch["key"])
-        x = batch["image"] if "image" in batch else batch["video"]
-        return (x.mean() * self.w) ** 2 + self.w**2
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+from shard_helpers import digit_png_samples, key_recorder
 
 
 def _trainer(tmp_path, **kw):
@@ -63,7 +44,7 @@ def test_each_bad_kind_is_counted_exactly_and_training_continues(tmp_path):
     shards = _bad_image_shards(tmp_path)
     dm = ImageShardDataModule(train_shards=shards, image_size=16, num_classes=10, batch_size=3, resampled=False,
                               shuffle_buffer=0, drop_last=False, num_workers=0)
-    model = _Recorder()
+    model = key_recorder()
     _trainer(tmp_path, max_epochs=1, callbacks=[BadSampleLogger()], log_every_n_steps=1).fit(model, datamodule=dm)
     # every good sample before the damage was trained on: 10 from shard a, 5 from the truncated shard b
     assert sorted(model.keys) == sorted([f"d{i:06d}" for i in range(15)])
@@ -103,7 +84,7 @@ def test_undecodable_video_and_wrong_json_are_counted(tmp_path):
     write_shards(samples, tmp_path, max_count=100)
     dm = VideoShardDataModule(train_shards=str(tmp_path / "shard-000000.tar"), num_frames=5, fps=12, size=(16, 16),
                               batch_size=2, resampled=False, shuffle_buffer=0, drop_last=False)
-    model = _Recorder()
+    model = key_recorder()
     _trainer(tmp_path, max_epochs=1).fit(model, datamodule=dm)
     assert sorted(model.keys) == ["v0", "v1", "v2", "v3"]
     assert dm.bad_samples == {"truncated_tar": 0, "decode_image": 0, "decode_video": 1, "missing_key": 1,

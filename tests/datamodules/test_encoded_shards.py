@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 
 from grn.datamodules.images import ImageShardDataModule
 from grn.datamodules.tokens import EncodedDataModule
 
-from shard_helpers import tiny_tokenizer_ckpt
+from shard_helpers import fit_keys, tiny_tokenizer_ckpt
 
 
-class _Recorder(L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(()))
-        self.keys: list[str] = []
-
-    def training_step(self, batch, batch_idx):
-        assert batch["tokens"].dtype == torch.int64 and batch["tokens"].shape[1:] == (4, 8, 8)
-        self.keys.extend(batch["key"])
-        return (batch["tokens"].float().mean() * self.w - 1) ** 2
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+def _tokens_as_cached(batch):
+    assert batch["tokens"].dtype == torch.int64 and batch["tokens"].shape[1:] == (4, 8, 8)
 
 
 def _fit(dm, max_steps, root, ckpt_path=None, every=None):
-    callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1,
-                                                     filename="{step}")] if every else []
-    model = _Recorder()
-    L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
-              enable_model_summary=False, enable_checkpointing=bool(every), callbacks=callbacks,
-              limit_val_batches=0).fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    return model.keys
+    return fit_keys(dm, max_steps, root, ckpt_path=ckpt_path, every=every, check=_tokens_as_cached)
 
 
 def test_shard_source_is_encoded_once_and_resumes_exactly(tmp_path, monkeypatch, digit_shards):

@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 
 from grn.datamodules.images import ImageShardDataModule
 
-
-class _Recorder(L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(()))
-        self.keys: list[str] = []
-
-    def training_step(self, batch, batch_idx):
-        self.keys.extend(batch["key"])
-        return (batch["image"].mean() * self.w - 1) ** 2
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+from shard_helpers import fit_keys
 
 
 def _fit(tmp_path, dm, max_steps, ckpt_path=None, every=None):
-    callbacks = []
-    if every:
-        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=every,
-                                                             save_top_k=-1, filename="{step}"))
-    model = _Recorder()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=bool(every), callbacks=callbacks,
-                        num_sanity_val_steps=0)
-    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    return model.keys
+    return fit_keys(dm, max_steps, tmp_path / "ckpt", ckpt_path=ckpt_path, every=every)
 
 
 @pytest.mark.parametrize(("num_workers", "stop"), [(0, 7), (2, 7), (0, 10), (2, 11)])
