@@ -16,14 +16,9 @@ from grn.lit_modules.generator import GeneratorLitModule
 sys.path.insert(0, str(Path(__file__).parent))
 from wandb_records import history  # noqa: E402
 
-NET = {
-    "_target_": "grn.models.generator.build_generator",
-    "size": "tiny",
-    "latent_dim": 4,
-    "hbq_rounds": 4,
-    "num_classes": 10,
-    "input_size": 8,
-}
+from tiny_nets import tiny_generator_config  # noqa: E402
+
+NET = tiny_generator_config(4, 4, 10, 8)
 SAMPLER = {
     "schedule": "complexity_aware",
     "warmup_steps": 1,

@@ -17,14 +17,9 @@ from grn.callbacks.recon_grid import ReconstructionGrid  # noqa: E402
 from grn.callbacks.sample_grid import SampleGrid  # noqa: E402
 from grn.lit_modules.generator import GeneratorLitModule  # noqa: E402
 
-NET = {
-    "_target_": "grn.models.generator.build_generator",
-    "size": "tiny",
-    "latent_dim": 4,
-    "hbq_rounds": 4,
-    "num_classes": 10,
-    "input_size": 8,
-}
+from tiny_nets import tiny_generator_config  # noqa: E402
+
+NET = tiny_generator_config(4, 4, 10, 8)
 SAMPLER = {"num_steps": 2, "cfg_scale": 1.0}
 
 

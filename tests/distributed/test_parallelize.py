@@ -11,8 +11,9 @@ from hydra.utils import instantiate
 from grn.distributed.fsdp import default_blocks, is_sharded, parallelize, reshard
 from grn.lit_modules.ema import EMA
 
-NET = {"_target_": "grn.models.generator.build_generator", "size": "tiny", "latent_dim": 2, "hbq_rounds": 2,
-       "num_classes": 3, "input_size": 4}
+from tiny_nets import tiny_generator_config
+
+NET = tiny_generator_config(2, 2, 3, 4)
 
 
 @pytest.fixture

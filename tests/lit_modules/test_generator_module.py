@@ -8,14 +8,9 @@ from torch.utils.data import DataLoader
 from grn.datamodules.tokens import TensorDictDataset
 from grn.lit_modules.generator import GeneratorLitModule, load_generator, mix_with_noise, sample_keep_prob
 
-NET = {
-    "_target_": "grn.models.generator.build_generator",
-    "size": "tiny",
-    "latent_dim": 2,
-    "hbq_rounds": 2,
-    "num_classes": 3,
-    "input_size": 4,
-}
+from tiny_nets import tiny_generator_config
+
+NET = tiny_generator_config(2, 2, 3, 4)
 
 
 def make_batch(n=16, seed=0):

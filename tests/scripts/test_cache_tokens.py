@@ -22,6 +22,8 @@ from grn.datamodules.writers import write_shards
 from grn.entrypoints.common import CONF_DIR
 from grn.lit_modules.ema import EMA
 
+from tiny_nets import tiny_generator_config
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -108,8 +110,7 @@ def test_generator_trains_on_the_token_cache_without_the_tokenizer(cached, tmp_p
     monkeypatch.setattr(TokenizerLitModule, "load_tokenizer", staticmethod(no_tokenizer))
     dm = TokenShardDataModule(cache=result["cache"], batch_size=4, resampled=True, epoch_samples=16,
                               shuffle_buffer=8, seed=0)
-    net = {"_target_": "grn.models.generator.build_generator", "size": "tiny", "latent_dim": dm.latent_dim,
-           "hbq_rounds": dm.hbq_rounds, "target": "index", "num_classes": dm.num_classes, "input_size": 8}
+    net = tiny_generator_config(dm.latent_dim, dm.hbq_rounds, dm.num_classes, 8, target="index")
     module = GeneratorLitModule(net=net, lr=1e-3, ema_decays=[0.9])
     trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
