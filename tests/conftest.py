@@ -16,7 +16,7 @@ from omegaconf import open_dict
 from grn.entrypoints.common import CONF_DIR
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-sys.path.insert(0, str(Path(__file__).parent))  # shared test helpers (reference_grn.py)
+sys.path.insert(0, str(Path(__file__).parent))  # shared test helpers (reference_grn, tiny_nets, script_loader)
 
 
 @pytest.fixture

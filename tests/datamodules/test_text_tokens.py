@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from shard_helpers import tiny_tokenizer_ckpt
 
 from grn.datamodules.builtin import load_digits_split
 from grn.datamodules.captioned import DIGIT_WORDS, moving_digits
@@ -20,6 +19,9 @@ from grn.datamodules.text import TextImageDataModule, TextVideoDataModule, capti
 from grn.datamodules.text_tokens import TextTokenShardDataModule, ensure_text_token_cache, iter_cache_samples
 from grn.datamodules.video import encode_mp4
 from grn.datamodules.writers import write_shards
+
+from script_loader import load_script
+from shard_helpers import tiny_tokenizer_ckpt
 
 TEXT = {"_target_": "grn.models.text_encoder.tiny_text_encoder", "dim": 32, "num_layers": 1, "num_heads": 4}
 SHAPES = [(64, 64), (36, 64), (64, 36)]  # square, landscape 9:16, portrait 16:9
@@ -240,14 +242,12 @@ def _csv_column(run_dir: Path, name: str):
 def test_script_builds_the_cache_training_reads(compose_cfg, tmp_path, monkeypatch, text_image_shards):
     """scripts/cache_text_tokens.py ahead of time, then `train.py task=t2i data=text_image` with the same settings
     finds that cache (nothing is encoded again)."""
-    import runpy
-
     from hydra.utils import instantiate
 
     from grn.lit_modules.tokenizer import TokenizerLitModule
 
     tok_ckpt = tiny_tokenizer_ckpt(tmp_path / "tok.ckpt", config="tiny_joint")
-    script = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "cache_text_tokens.py"))
+    script = vars(load_script("cache_text_tokens"))
     result = script["main"](["--tokenizer", str(tok_ckpt), "--shards", text_image_shards, "--pn", "4", "--stride",
                              "8", "--text-encoder", "tiny", "--cache-root", str(tmp_path / "cache"), "--device", "cpu"])
     assert result["splits"]["train"]["num_samples"] == 34

@@ -3,8 +3,6 @@ official forward (one-hot input, the official sequence order and segment mask, n
 like the official ones) gives our logits within 1e-5 with random weights in the official layout."""
 
 import math
-import runpy
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +18,8 @@ from grn.models.t2iv_checkpoint import (
     t2iv_checkpoint,
     to_official_keys,
 )
+
+from script_loader import load_script
 
 
 def official_grn2b_shapes():
@@ -189,7 +189,7 @@ def test_key_renaming_round_trips_and_checkpoint_wraps_weights(tmp_path):
     ckpt = t2iv_checkpoint(path, hbq_rounds=2)
     assert ckpt["hyper_parameters"]["net"]["latent_dim"] == 4
     assert set(ckpt["state_dict"]) == {f"net.{k}" for k in ours}
-    script = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "convert_official.py"))
+    script = vars(load_script("convert_official"))
     script["main"]([str(path), str(tmp_path / "t2i.ckpt"), "--hbq-rounds", "2"])  # kind detected: t2iv
     out = torch.load(tmp_path / "t2i.ckpt", weights_only=True)
     assert out["hyper_parameters"]["net"]["target"] == "bits"

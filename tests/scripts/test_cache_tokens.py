@@ -3,7 +3,6 @@ generator then trains on them without the tokenizer."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 from pathlib import Path
 
@@ -22,16 +21,13 @@ from grn.datamodules.writers import write_shards
 from grn.entrypoints.common import CONF_DIR
 from grn.lit_modules.ema import EMA
 
+from script_loader import load_script
 from tiny_nets import tiny_generator_config
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("cache_tokens", ROOT / "scripts" / "cache_tokens.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("cache_tokens")
 
 
 def _tokenizer_ckpt(path: Path, seed: int = 0) -> Path:

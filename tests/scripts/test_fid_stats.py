@@ -1,10 +1,8 @@
 """scripts/fid_stats.py: reference statistics from WebDataset shards and from an image folder agree, bad samples are
 skipped and counted, and a missing Inception file is one clear line."""
 
-import importlib.util
 import io
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +11,9 @@ from PIL import Image
 
 from grn.metrics.fid import FidIsAccumulator, build_feature_extractor, load_reference_stats, to_uint8
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("fid_stats", ROOT / "scripts" / "fid_stats.py")
-fid_stats = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fid_stats)
+from script_loader import load_script
+
+fid_stats = load_script("fid_stats")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import tarfile
@@ -18,14 +17,12 @@ from grn.datamodules.images import ImageShardDataModule
 from grn.datamodules.text import TextImageDataModule, TextVideoDataModule
 from grn.datamodules.video import encode_mp4
 
-ROOT = Path(__file__).resolve().parents[2]
+from script_loader import load_script
+
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("make_shards", ROOT / "scripts" / "make_shards.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_shards")
 
 
 def _snapshot(root: Path) -> dict[str, tuple[str, int, int]]:

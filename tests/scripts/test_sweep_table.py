@@ -1,16 +1,14 @@
 """scripts/sweep_table.py: JSONs of a sweep -> one table (markdown + CSV) and a plot per swept setting."""
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("sweep_table", ROOT / "scripts" / "sweep_table.py")
-sweep_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sweep_table)
+from script_loader import load_script
+
+sweep_table = load_script("sweep_table")
 
 
 def write(folder: Path, name: str, cfg: float, temp: float, fid: float, overrides=None) -> None:

@@ -1,12 +1,11 @@
 """scripts/tokenizer_ablation.py end to end at toy size: runs, result files, PNGs, the report, resuming."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "tokenizer_ablation.py"
+from script_loader import load_script
+
 TOY = [
     "data.photos.crop_size=16",
     "data.photos.batch_size=2",
@@ -20,10 +19,7 @@ TOY = [
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("tokenizer_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tokenizer_ablation")
 
 
 def test_toy_ablation_writes_results_pictures_and_report(ablation, tmp_path):
