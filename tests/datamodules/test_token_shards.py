@@ -91,3 +91,18 @@ def test_token_decoder_checks_shape(tmp_path):
     sample = {"__key__": "x", "tok": pack_tokens(torch.zeros(4, 4, 4, dtype=torch.int64), 4), "cls": b"3"}
     with pytest.raises(BadSample, match="shape"):
         decoder(sample, random.Random(0))
+
+
+def test_file_sha256_is_remembered_but_follows_a_rewrite(tmp_path):
+    import hashlib
+    import os
+
+    from grn.datamodules.token_shards import file_sha256
+
+    path = tmp_path / "ckpt.bin"
+    path.write_bytes(b"a" * 100)
+    assert file_sha256(path) == hashlib.sha256(b"a" * 100).hexdigest()
+    first = os.stat(path).st_mtime_ns
+    path.write_bytes(b"b" * 100)  # same size: only the modification time tells the files apart
+    os.utime(path, ns=(first + 1_000_000, first + 1_000_000))
+    assert file_sha256(path) == hashlib.sha256(b"b" * 100).hexdigest()

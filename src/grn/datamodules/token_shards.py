@@ -14,6 +14,7 @@ Batches: ``{"tokens": int64 [B, d, h, w] (video: [B, d, T, h, w]) index labels, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -77,7 +78,15 @@ def unpack_tokens(data: bytes) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------------- cache naming
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """The file's sha256 (hex). Remembered per (path, size, modification time) within a process: a cache is looked
+    up in ``prepare_data`` and again in ``setup``, and a tokenizer checkpoint can be gigabytes."""
+    st = os.stat(path)
+    return _sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
