@@ -21,7 +21,8 @@ __all__ = ["JointShards", "JointSource", "ZipLoader"]
 
 class JointSource(L.LightningDataModule):
     """The pixel sources of a joint run, by part name (``image``, ``video``); it loads nothing itself —
-    :class:`~grn.datamodules.captioned.EncodedCaptionedDataModule` caches each part and reads them jointly."""
+    :class:`~grn.datamodules.captioned.EncodedCaptionedDataModule` caches each part and reads them jointly, each
+    with its own batch size. ``batch_size`` is only the value a stage config reads as ``${data.batch_size}``."""
 
     def __init__(self, image: ShardDataModule, video: ShardDataModule, batch_size: int | None = None) -> None:
         super().__init__()
