@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stride", type=int, default=16)
     parser.add_argument("--num-frames", type=int, default=33)
     parser.add_argument("--fps", type=float, default=16.0)
+    parser.add_argument("--durations", choices=["fixed", "per_clip"], default="fixed",
+                        help="per_clip: each clip at its own duration, --num-frames at most (data.durations)")
+    parser.add_argument("--min-duration", type=float, default=1.0, help="per_clip: shorter videos are skipped")
     parser.add_argument("--text-encoder", default="umt5_xxl",
                         help="a conf/model/text_encoder config name (umt5_xxl reads $GRN_WEIGHTS_DIR)")
     parser.add_argument("--text-dtype", choices=["float16", "float32"], default="float16")
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
+    from hydra.errors import InstantiationException
     from omegaconf import OmegaConf
 
     from grn.datamodules.text import TextImageDataModule, TextVideoDataModule
@@ -58,11 +62,15 @@ def main(argv: list[str] | None = None) -> dict:
     pn = args.pn if not args.pn.isdigit() else int(args.pn)
     common = dict(train_shards=args.shards, val_shards=args.val_shards, pn=pn, stride=args.stride,
                   batch_size=args.batch_size, num_workers=args.num_workers, resampled=False)
-    source = (TextVideoDataModule(num_frames=args.num_frames, fps=args.fps, **common) if args.video
+    source = (TextVideoDataModule(num_frames=args.num_frames, fps=args.fps, durations=args.durations,
+                                  min_duration=args.min_duration, **common) if args.video
               else TextImageDataModule(**common))
     start = time.perf_counter()
-    cache = ensure_text_token_cache(source, args.tokenizer, encoder, args.cache_root, batch_size=args.batch_size,
-                                    device=args.device, text_dtype=args.text_dtype)
+    try:
+        cache = ensure_text_token_cache(source, args.tokenizer, encoder, args.cache_root,
+                                        batch_size=args.batch_size, device=args.device, text_dtype=args.text_dtype)
+    except (FileNotFoundError, ValueError, InstantiationException) as err:  # missing files: one line, no trace
+        raise SystemExit(f"error: {err.__cause__ or err}") from None
     meta = read_meta(cache)
     result = {"cache": str(cache), "seconds": round(time.perf_counter() - start, 2), "splits": meta["splits"]}
     json.dump(result, sys.stdout, indent=1)

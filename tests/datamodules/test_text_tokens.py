@@ -251,6 +251,13 @@ def test_script_builds_the_cache_training_reads(compose_cfg, tmp_path, monkeypat
     result = script["main"](["--tokenizer", str(tok_ckpt), "--shards", text_image_shards, "--pn", "4", "--stride",
                              "8", "--text-encoder", "tiny", "--cache-root", str(tmp_path / "cache"), "--device", "cpu"])
     assert result["splits"]["train"]["num_samples"] == 34
+    # missing inputs end the script with one line naming them, not a traceback
+    with pytest.raises(SystemExit, match=r"^error: tokenizer checkpoint not found: .*nope\.ckpt$"):
+        script["main"](["--tokenizer", str(tmp_path / "nope.ckpt"), "--shards", text_image_shards])
+    monkeypatch.setenv("GRN_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    with pytest.raises(SystemExit, match=r"^error: umT5-XXL encoder weights not found: .*no-weights"):
+        script["main"](["--tokenizer", str(tok_ckpt), "--shards", text_image_shards, "--text-encoder", "umt5_xxl",
+                        "--cache-root", str(tmp_path / "cache2")])
 
     def boom(*a, **k):
         raise AssertionError("the script's cache should have been found")
