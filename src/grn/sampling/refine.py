@@ -153,7 +153,7 @@ def refine(
     else:
         selectable = torch.ones(shape, dtype=torch.bool, device=device)
         known_share = torch.zeros(bsz, dtype=torch.float64, device=device)
-        z = noise
+        z = noise.clone()  # z is written in place below; the initial noise must stay as drawn (Alg. 3)
     frozen = None if revise else torch.zeros(shape, dtype=torch.bool, device=device)
     if isinstance(null_class, torch.Tensor):
         null = null_class.to(device=device, dtype=y.dtype).expand(bsz)
