@@ -68,8 +68,9 @@ def reference_logits(net, labels, t, y):
 
 
 @torch.no_grad()
-def reference_sample(net, y, num_steps, cfg_scale, cfg_interval, temperature, generator):
-    """Linear-schedule interval-CFG sampling, conditional and unconditional passes separate on every step.
+def reference_sample(net, y, num_steps, cfg_scale, cfg_interval, temperature, generator, inputs=None):
+    """Linear-schedule interval-CFG sampling, conditional and unconditional passes separate on every step; every
+    token not kept reverts to the noise drawn once (facts §3.5). ``inputs`` (a list) receives each step's map.
 
     Draws its random numbers in the same order and shapes as :func:`grn.sampling.refine.refine`, so the same
     seed gives the same labels."""
@@ -82,6 +83,8 @@ def reference_sample(net, y, num_steps, cfg_scale, cfg_interval, temperature, ge
     for i in range(num_steps):
         t_i = i / num_steps
         t = torch.full((b,), t_i, device=y.device)
+        if inputs is not None:
+            inputs.append(z.clone())
         cond = reference_logits(net, z, t, y)
         uncond = reference_logits(net, z, t, torch.full_like(y, net.num_classes))  # always computed
         scale = cfg_scale if (t_i < hi and (lo == 0 or t_i > lo)) else 1.0

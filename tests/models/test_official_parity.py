@@ -26,14 +26,45 @@ def test_fast_forward_matches_reference(target):
         assert torch.allclose(net(labels, t, y), reference_logits(net, labels, t, y), atol=1e-5, rtol=1e-5)
 
 
+def input_dependent(target="index", seed=0):
+    """Fan-in-scaled weights (gain 2, 0.3 on the adaLN modulation), unit norms: logits follow the input map."""
+    torch.manual_seed(seed)
+    net = build_generator("tiny", latent_dim=4, hbq_rounds=3, target=target, num_classes=10, input_size=8)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            elif p.dim() >= 2:
+                p.normal_(0, (0.3 if "adaLN" in name else 2.0) / p[0].numel() ** 0.5)
+            else:
+                p.normal_(0, 0.02)
+    return net.eval()
+
+
 def test_sampler_matches_reference_sampler():
+    """Same seed: every step's input map and the labels equal the plain sampler's. The network must depend on its
+    input (asserted), or a sampler that feeds it the wrong map would still match."""
     from grn.lit_modules.generator import sample_labels
 
-    net = randomised("index", seed=1)
+    net = input_dependent("index", seed=1)
     y = torch.tensor([0, 3, 7, 9])
-    ours = sample_labels(net, y, torch.Generator().manual_seed(7), num_steps=6, cfg_scale=2.35,
-                         cfg_interval=[0.3, 1.0], temperature=1.31).labels
-    ref = reference_sample(net, y, 6, 2.35, (0.3, 1.0), 1.31, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randint(0, 8, (4, 4, 8, 8), generator=g), torch.randint(0, 8, (4, 4, 8, 8), generator=g)
+    with torch.no_grad():
+        a, b = net(z1, torch.full((4,), 0.5), y), net(z2, torch.full((4,), 0.5), y)
+    assert (a - b).abs().mean() > 0.5 * a.std()
+    seen = []
+    hook = net.register_forward_pre_hook(lambda m, args: seen.append(args[0][:4].clone()))
+    try:
+        ours = sample_labels(net, y, torch.Generator().manual_seed(7), num_steps=6, cfg_scale=2.35,
+                             cfg_interval=[0.3, 1.0], temperature=1.31).labels
+    finally:
+        hook.remove()
+    ref_inputs = []
+    ref = reference_sample(net, y, 6, 2.35, (0.3, 1.0), 1.31, torch.Generator().manual_seed(7), ref_inputs)
+    assert len(seen) == len(ref_inputs) == 6
+    for i, (z, rz) in enumerate(zip(seen, ref_inputs)):
+        assert torch.equal(z, rz), f"step {i}: the network was fed another map than the reference's"
     assert torch.equal(ours, ref)
 
 

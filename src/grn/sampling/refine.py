@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 import torch
 
 from grn.sampling.guidance import apply_guidance, guidance_scales
-from grn.sampling.schedules import SCHEDULES, complexity_steps, keep_prob
+from grn.sampling.schedules import (
+    SCHEDULES,
+    complexity_steps,
+    keep_prob,
+    official_complexity_steps,
+    official_keep_prob,
+    official_temperature_factor,
+)
 from grn.sampling.selection import select_keep
 
 # net(labels [B, C, h, w], t [B], y [B]) -> logits [B, K, C, h, w]
@@ -39,15 +46,25 @@ class RefineResult:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def sample_categorical(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+def sample_categorical(
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor,
+    generator: torch.Generator | None,
+    uniform: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Gumbel-max draw over dim 1 of ``[B, K, ...]`` logits at ``temperature`` -> int64 ``[B, ...]``.
 
     Same distribution as softmax + multinomial, without reshaping to 2-D; ``temperature == 0`` is argmax.
+    ``temperature`` may be a float64/float ``[B]`` tensor (one per sample). ``uniform`` (the logits' shape, in
+    [0, 1)) supplies the draw instead of ``generator``: the loop draws for the whole batch and passes the rows of
+    the samples still refining, so a sample's draws do not depend on which others have finished.
     """
-    if temperature == 0:
+    if not isinstance(temperature, torch.Tensor) and temperature == 0:
         return logits.argmax(dim=1)
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
-    gumbel = -torch.log(-torch.log(u.clamp_(min=1e-20, max=1.0 - 1e-7)))
+    u = uniform if uniform is not None else torch.rand(logits.shape, generator=generator, device=logits.device)
+    gumbel = -torch.log(-torch.log(u.float().clamp(min=1e-20, max=1.0 - 1e-7)))
+    if isinstance(temperature, torch.Tensor):
+        temperature = temperature.to(device=logits.device, dtype=torch.float32).view(-1, *([1] * (logits.dim() - 1)))
     return (logits.float() / temperature + gumbel).argmax(dim=1)
 
 
@@ -134,15 +151,28 @@ def refine(
     bsz = y.shape[0]
     shape = (bsz, *label_shape)
     aware = schedule == "complexity_aware"
+    official = schedule == "complexity_aware_official"
     if aware and not 0 < warmup_steps < t_min <= t_max:
         raise ValueError(f"complexity-aware sampling needs 0 < warmup_steps < t_min <= t_max, got "
                          f"{warmup_steps}, {t_min}, {t_max}")
+    if official and not 0 < warmup_steps < t_min <= num_steps:
+        raise ValueError(f"the official complexity-aware sampler needs 0 < warmup_steps < t_min <= num_steps, got "
+                         f"{warmup_steps}, {t_min}, {num_steps}")
+    # linear / cosine / ours: ``total`` steps per sample; official: ``post`` = D, the steps after the warm-up
     total = torch.full((bsz,), float(alpha if aware else num_steps), dtype=torch.float64, device=device)
+    post = torch.full((bsz,), float(num_steps - warmup_steps), dtype=torch.float64, device=device)
     max_steps = int(t_max if aware else num_steps)
     if max_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    lin_schedule = "linear" if aware else schedule
+    lin_schedule = "cosine" if schedule == "cosine" else "linear"
 
+    def keep_at(step: int, rows: torch.Tensor) -> torch.Tensor:
+        if official:
+            return official_keep_prob(step, post[rows], warmup_steps, num_steps)
+        return keep_prob(step, total[rows], lin_schedule, snr_shift)
+
+    # Alg. 3: one noise map, drawn once, that every token not kept reverts to. ``z`` is written in place below,
+    # so it must never be ``noise`` itself.
     noise = torch.randint(0, num_levels, shape, generator=generator, device=device)
     if known is not None:
         if known.shape != shape:
@@ -150,10 +180,12 @@ def refine(
         selectable = region.to(device=device, dtype=torch.bool).expand(shape)
         known_share = 1.0 - selectable.flatten(1).float().mean(1).double()  # share of tokens given, per sample
         z = torch.where(selectable, noise, known)
+        base = z.clone()  # what a token that is not kept becomes: the noise inside the region, known outside
     else:
         selectable = torch.ones(shape, dtype=torch.bool, device=device)
         known_share = torch.zeros(bsz, dtype=torch.float64, device=device)
-        z = noise.clone()  # z is written in place below; the initial noise must stay as drawn (Alg. 3)
+        z = noise.clone()
+        base = noise
     frozen = None if revise else torch.zeros(shape, dtype=torch.bool, device=device)
     if isinstance(null_class, torch.Tensor):
         null = null_class.to(device=device, dtype=y.dtype).expand(bsz)
@@ -162,13 +194,16 @@ def refine(
     steps = torch.zeros(bsz, dtype=torch.long, device=device)
     done = torch.zeros(bsz, dtype=torch.bool, device=device)
     warm_entropy = torch.full((bsz,), float("nan"), device=device)
+    tau = torch.full((bsz,), float(temperature), dtype=torch.float64, device=device)
     rec = {key: torch.zeros(max_steps, device=device) for key in ("keep_prob", "cfg_scale", "entropy", "kept_fraction", "active")}
+    logits_shape = (bsz, num_levels, *label_shape)
 
     for i in range(max_steps):
         idx = (~done).nonzero().squeeze(1)
         if idx.numel() == 0:
             break
-        t_now = keep_prob(i, total[idx], lin_schedule, snr_shift)  # nominal, over the region
+        everyone = idx.numel() == bsz
+        t_now = keep_at(i, idx)  # nominal, over the region
         # the network is told the share of real tokens in its whole input: the given ones count as real
         t_in = (known_share[idx] + (1.0 - known_share[idx]) * t_now).float()
         scale = guidance_scales(t_now, cfg_scale, cfg_interval, cfg_type, cfg_power)
@@ -185,30 +220,48 @@ def refine(
             cond = logits = net(z_a, t_in, y_a)
         sel_a = selectable[idx]
         entropy = normalized_entropy(cond, sel_a if known is not None else None)
-        pred = sample_categorical(logits, temperature, generator)
+        if official and i == warmup_steps:  # §E1.4: this step's entropy sets D, its τ and its next t already
+            warm_entropy[idx] = entropy
+            post[idx] = official_complexity_steps(entropy, k, b, t_min, warmup_steps, num_steps)
+            tau[idx] = temperature * official_temperature_factor(post[idx])
+        tau_a = tau[idx] if official and temperature != 0 else temperature
+        # draws for the whole batch, used for the samples still refining (see sample_categorical)
+        uniform = None
+        if temperature != 0:
+            uniform = torch.rand(logits_shape, generator=generator, device=device)
+            uniform = uniform if everyone else uniform[idx]
+        pred = sample_categorical(logits, tau_a, generator, uniform)
         if bit_target == "relative":
             pred = pred ^ z_a  # the net predicted flips of its input bits
         confidence = None
         if selection == "confidence":
-            logp = torch.log_softmax(logits.float() / max(temperature, 1e-6), dim=1)
+            if isinstance(tau_a, torch.Tensor):
+                t_conf = tau_a.float().clamp_min(1e-6).view(-1, *([1] * (logits.dim() - 1)))
+            else:
+                t_conf = max(temperature, 1e-6)
+            logp = torch.log_softmax(logits.float() / t_conf, dim=1)
             confidence = logp.gather(1, pred.unsqueeze(1)).squeeze(1)
 
         if aware and i + 1 == warmup_steps:  # Eq. 9: the entropy after the warm-up sets the step count
             warm_entropy[idx] = entropy
             total[idx] = complexity_steps(entropy, k, b, t_min, t_max).double()
-        t_next = keep_prob(i + 1, total[idx], lin_schedule, snr_shift)
+        t_next = keep_at(i + 1, idx)
         finishing = t_next >= 1.0
+        keep_u = None
+        if selection == "random":
+            keep_u = torch.rand(shape, generator=generator, device=device)
+            keep_u = keep_u if everyone else keep_u[idx]
         keep = select_keep(selection, t_next.float(), t_now.float(), confidence,
-                           None if frozen is None else frozen[idx], sel_a, generator)
+                           None if frozen is None else frozen[idx], sel_a, generator, keep_u)
         keep = keep | finishing.view(-1, *([1] * (len(shape) - 1)))  # t = 1: the whole prediction
-        base = torch.where(sel_a, noise[idx], known[idx]) if known is not None else noise[idx]
+        base_a = base if everyone else base[idx]
         if frozen is None:
-            z_next = torch.where(keep, pred, base)
+            z_next = torch.where(keep, pred, base_a)
         else:  # frozen tokens keep their value; newly kept ones take the prediction
-            z_next = torch.where(frozen[idx], z_a, torch.where(keep, pred, base))
+            z_next = torch.where(frozen[idx], z_a, torch.where(keep, pred, base_a))
             frozen[idx] = keep
         if known is not None:
-            z_next = torch.where(sel_a, z_next, known[idx])  # outside the region: exactly the given labels
+            z_next = torch.where(sel_a, z_next, base_a)  # outside the region: exactly the given labels
         z[idx] = z_next
         steps[idx] = i + 1
         done[idx[finishing]] = True
@@ -224,6 +277,6 @@ def refine(
 
     used = int(steps.max())
     stats = {key: v[:used] for key, v in rec.items()}
-    if aware:
+    if aware or official:
         stats["warmup_entropy"] = warm_entropy
     return RefineResult(labels=z, steps=steps, stats=stats)

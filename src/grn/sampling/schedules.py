@@ -8,7 +8,10 @@ predictions is kept. ``t_0 = 0`` (pure noise) and ``t_T = 1`` (the final sample)
 * ``linear``: t_i = i / T (paper Alg. 3, the official C2I sampler).
 * ``cosine``: t_i = 1 - cos(pi/2 · shift(i / T)), the T2I/T2V shape with an SNR shift.
 * ``complexity_aware``: linear, with T chosen per sample from the prediction entropy after a warm-up
-  (paper Eq. 9, see :func:`complexity_steps`).
+  (paper Eq. 9 as we read it, see :func:`complexity_steps`).
+* ``complexity_aware_official``: the released C2I sampler (official update §E): linear i / steps for the first
+  ``wp`` steps, then per sample ``wp/steps + (1 - wp/steps) · (i - wp) / D`` with D post-warm-up steps chosen from
+  the entropy at step ``wp`` (see :func:`official_complexity_steps`, :func:`official_keep_prob`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import math
 
 import torch
 
-SCHEDULES = ("linear", "cosine", "complexity_aware")
+SCHEDULES = ("linear", "cosine", "complexity_aware", "complexity_aware_official")
 
 
 def shift_keep_prob(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -54,3 +57,31 @@ def complexity_steps(entropy: torch.Tensor, k: float, b: float, t_min: int, t_ma
     Simple samples (low entropy) get fewer steps; with ``k = 0`` every sample gets ``b`` steps.
     """
     return torch.round(k * entropy.double() + b).clamp(t_min, t_max).long()
+
+
+def official_keep_prob(step: int, post_steps: torch.Tensor, warmup_steps: int, num_steps: int) -> torch.Tensor:
+    """Keep-probability of ``step`` under the released C2I complexity-aware sampler, per sample -> float64 ``[B]``.
+
+    ``t = wp/steps + (1 - wp/steps) · (step - wp) / D``, exactly 1 from ``step = wp + D`` on. ``post_steps`` (D,
+    ``[B]``) is ``num_steps - wp`` until the decision, which makes the same formula the linear ``step / num_steps``
+    of the warm-up.
+    """
+    d = torch.as_tensor(post_steps, dtype=torch.float64)
+    start = warmup_steps / num_steps
+    done = step - warmup_steps
+    t = start + (1.0 - start) * done / d
+    return torch.where(d <= done, torch.ones_like(t), t)
+
+
+def official_complexity_steps(entropy: torch.Tensor, k: float, b: float, t_min: int, warmup_steps: int,
+                              num_steps: int) -> torch.Tensor:
+    """The released decision (official update §E1.4): post-warm-up steps ``D = round(clip(k·H + b, Tmin - wp,
+    steps - wp))`` from the base-2 normalised entropy H at step ``wp`` (``torch.round``: half to even).
+    ``entropy`` ``[B]`` -> float64 ``[B]``; a sample takes ``wp + D`` network passes in all."""
+    return (k * entropy.double() + b).clamp(t_min - warmup_steps, num_steps - warmup_steps).round()
+
+
+def official_temperature_factor(post_steps: torch.Tensor) -> torch.Tensor:
+    """The released sampler's temperature factor from step ``wp`` on: ``clip((D - 10) / 40 + 0.5, 0.5, 1)``
+    (D = 15 -> 0.625, D >= 30 -> 1). ``[B]`` -> float64 ``[B]``."""
+    return ((torch.as_tensor(post_steps, dtype=torch.float64) - 10.0) / 40.0 + 0.5).clamp(0.5, 1.0)

@@ -39,6 +39,7 @@ def select_keep(
     kept: torch.Tensor | None,
     selectable: torch.Tensor,
     generator: torch.Generator | None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The kept set for the next step (bool, the map's shape).
 
@@ -47,14 +48,16 @@ def select_keep(
         confidence: probability of each sampled label (``confidence`` selection only).
         kept: the frozen set so far when not revising (None when revising).
         selectable: where tokens may be chosen (bool, map shape).
+        uniform: ``random`` only: the draws in [0, 1) (map shape) instead of ``generator``.
     """
     shape = selectable.shape
     if selection == "random":
+        u = uniform if uniform is not None else torch.rand(shape, generator=generator, device=selectable.device)
         if kept is None:
-            return selectable & (torch.rand(shape, generator=generator, device=selectable.device) < _expand(t_next, selectable))
+            return selectable & (u < _expand(t_next, selectable))
         # grow the frozen set so that its expected share reaches t_next
         p_new = ((t_next - t_now) / (1.0 - t_now).clamp_min(1e-12)).clamp(0.0, 1.0)
-        fresh = torch.rand(shape, generator=generator, device=selectable.device) < _expand(p_new, selectable)
+        fresh = u < _expand(p_new, selectable)
         return kept | (selectable & ~kept & fresh)
     if selection == "confidence":
         if confidence is None:
