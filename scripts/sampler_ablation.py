@@ -1,17 +1,29 @@
-"""Sampler ablations on digits (issue evidence): refine vs mask-based vs confidence selection, fixed steps vs
-complexity-aware, GRN_ind vs GRN_bit — conditional accuracy, digits-FID / digits-IS (the independent digits
-classifier's features, `grn-digits`), mean steps and network passes per image.
+"""Sampler ablations on digits, on the paper's Tab. 7 / 10 / 11 protocol — every number from the independent digits
+classifier (conditional accuracy) and its features (digits-FID / digits-IS, `grn-digits`).
 
     python scripts/sampler_ablation.py --ind runs/quickstart/c2i/checkpoints/last.ckpt \\
-        --bit runs/quickstart-bit/c2i/checkpoints/last.ckpt --out docs/sampler_ablation.md
+        --bit runs/quickstart-bit/c2i/checkpoints/last.ckpt --results docs/sampler_ablation.jsonl
 
-Complexity-aware sampling is calibrated per model: the warm-up entropies of 100 samples are measured, and k, b are
-set so that the 10th-percentile entropy maps to t_min steps and the 90th to t_max (paper Eq. 9 is linear in H).
+Parts (each result is appended to ``--results`` as one JSON line and skipped when the file already holds it, so an
+interrupted run continues where it stopped):
+
+1. ``sweep``: refine and the mask-based baseline each get the same budget, one grid over guidance scale, interval
+   start and temperature (``--sweep-per-class`` images per class, ``--steps`` steps);
+2. ``best``: both samplers at both grid winners (500 images): each at its own best, and each at the other's
+   (identical decoding parameters);
+3. ``selection``: random vs confidence selection at refine's best (Tab. 10);
+4. ``steps``: 10 / 30 / 50 steps for both samplers at their own best;
+5. ``complexity``: complexity-aware sampling at refine's best decoding: our Eq. 9 reading and the released C2I
+   variant (official update §E) — the released constants and k, b calibrated on this model (Tab. 11);
+6. ``bit``: GRN_bit with refine and mask-based at refine-ind's best, and complexity-aware.
+
+Calibration maps the 10th / 90th percentile of the decision entropies of 100 samples onto the step range.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -23,70 +35,124 @@ from grn.entrypoints.common import CONF_DIR
 from grn.entrypoints.eval import evaluate
 from grn.pipeline import GRNPipeline
 
+PARTS = ("sweep", "best", "selection", "steps", "complexity", "bit")
 
-def calibrate(pipe: GRNPipeline, base: dict, t_min: int, t_max: int, seed: int) -> tuple[float, float]:
-    classes = torch.arange(10).repeat_interleave(10)
-    out = pipe(classes, seed=seed, **{**base, "schedule": "complexity_aware", "k": 0.0, "b": float(t_max),
-                                      "t_min": t_min, "t_max": t_max})
-    h = out.stats["warmup_entropy"].double()
-    lo, hi = torch.quantile(h, 0.1).item(), torch.quantile(h, 0.9).item()
-    k = (t_max - t_min) / max(hi - lo, 1e-6)
-    return k, t_min - k * lo
+
+def grid(steps: int) -> list[dict]:
+    points = []
+    for cfg, lo, tau in itertools.product((1.0, 2.0, 3.0), (0.0, 0.4), (0.9, 1.2)):
+        if cfg == 1.0 and lo > 0:
+            continue  # no guidance: the interval does not matter
+        points.append({"num_steps": steps, "cfg_scale": cfg, "cfg_interval": [lo, 1.0], "temperature": tau})
+    return points
+
+
+class Runner:
+    def __init__(self, results: Path, seed: int):
+        self.path, self.seed = results, seed
+        self.rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+        self.pipes: dict[str, GRNPipeline] = {}
+        with initialize_config_dir(CONF_DIR, version_base="1.3"):
+            self.eval_cfg = compose("eval", overrides=["ckpt=unused"]).eval
+
+    def pipe(self, ckpt: str) -> GRNPipeline:
+        if ckpt not in self.pipes:
+            self.pipes[ckpt] = GRNPipeline.from_checkpoint(ckpt)
+        return self.pipes[ckpt]
+
+    def find(self, part: str, model: str, sampler: dict, per_class: int) -> dict | None:
+        for r in self.rows:
+            if r["part"] == part and r["model"] == model and r["sampler"] == sampler and r["per_class"] == per_class:
+                return r
+        return None
+
+    def run(self, part: str, model: str, ckpt: str, label: str, sampler: dict, per_class: int) -> dict:
+        hit = self.find(part, model, sampler, per_class)
+        if hit is not None:
+            return hit
+        cfg = self.eval_cfg.copy()
+        cfg.num_per_class = per_class
+        start = time.perf_counter()
+        m, _, _ = evaluate(self.pipe(ckpt), cfg, sampler, self.seed)
+        row = {"part": part, "model": model, "label": label, "sampler": sampler, "per_class": per_class,
+               "accuracy": m["conditional_accuracy"], "digits_fid": m["digits_fid"],
+               "digits_is": m["digits_inception_score"], "mean_steps": m["mean_steps"],
+               "passes": m["network_passes_per_image"], "seconds": round(time.perf_counter() - start, 1)}
+        self.rows.append(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+        return row
+
+    def calibrate(self, ckpt: str, base: dict, official: bool, lo_steps: int, hi_steps: int) -> tuple[float, float]:
+        """k, b mapping the 10th / 90th percentile decision entropy to ``lo_steps`` / ``hi_steps`` (our reading:
+        total steps T; official: post-warm-up steps D)."""
+        classes = torch.arange(10).repeat_interleave(10)
+        probe = {**base, "k": 0.0, "b": float(hi_steps)}
+        if official:
+            probe.update(schedule="complexity_aware_official", t_min=lo_steps + 5)
+        else:
+            probe.update(schedule="complexity_aware", t_min=lo_steps, t_max=hi_steps, alpha=hi_steps)
+        h = self.pipe(ckpt)(classes, seed=self.seed + 100, **probe).stats["warmup_entropy"].double()
+        q10, q90 = torch.quantile(h, 0.1).item(), torch.quantile(h, 0.9).item()
+        k = (hi_steps - lo_steps) / max(q90 - q10, 1e-6)
+        return round(k, 1), round(lo_steps - k * q10, 1)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ind", required=True, help="GRN_ind generator checkpoint")
     p.add_argument("--bit", help="GRN_bit generator checkpoint (same tokenizer)")
-    p.add_argument("--num-per-class", type=int, default=50)
+    p.add_argument("--results", default="docs/sampler_ablation.jsonl")
+    p.add_argument("--parts", nargs="*", default=list(PARTS), choices=PARTS)
+    p.add_argument("--per-class", type=int, default=50)
+    p.add_argument("--sweep-per-class", type=int, default=20)
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--cfg", type=float, default=2.0)
-    p.add_argument("--t-min", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="docs/sampler_ablation.md")
     args = p.parse_args()
+    r = Runner(Path(args.results), args.seed)
+    n, ns = args.per_class, args.sweep_per_class
 
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        cfg = compose("eval", overrides=["ckpt=unused", f"eval.num_per_class={args.num_per_class}"])
-    base = {"num_steps": args.steps, "cfg_scale": args.cfg, "cfg_interval": [0.0, 1.0], "temperature": 1.0}
-    rows = []
-    for name, ckpt in (("GRN_ind", args.ind), ("GRN_bit", args.bit)):
-        if not ckpt:
-            continue
-        pipe = GRNPipeline.from_checkpoint(ckpt)
-        k, b = calibrate(pipe, base, args.t_min, args.steps, args.seed + 100)
-        variants = [
-            ("refine (random selection)", {}),
-            ("mask-based (revise=false)", {"revise": False}),
-            ("confidence selection", {"selection": "confidence"}),
-            (f"complexity-aware (k={k:.1f}, b={b:.1f}, T in [{args.t_min}, {args.steps}])",
-             {"schedule": "complexity_aware", "k": k, "b": b, "t_min": args.t_min, "t_max": args.steps,
-              "alpha": args.steps, "warmup_steps": 5}),
-        ]
-        if name == "GRN_bit":
-            variants = [variants[0], variants[3]]
-        for label, extra in variants:
-            start = time.perf_counter()
-            metrics, _, _ = evaluate(pipe, cfg.eval, {**base, **extra}, args.seed)
-            rows.append({"model": name, "sampler": label, "conditional_accuracy": metrics["conditional_accuracy"],
-                         "digits_fid": metrics["digits_fid"], "digits_is": metrics["digits_inception_score"],
-                         "mean_steps": metrics["mean_steps"], "passes": metrics["network_passes_per_image"],
-                         "seconds": round(time.perf_counter() - start, 1)})
-            print(json.dumps(rows[-1]), flush=True)
-    header = ("| model | sampler | conditional accuracy | digits-FID | digits-IS | mean steps | network passes / image "
-              "| seconds |\n|---|---|---|---|---|---|---|---|\n")
-    table = header + "".join(
-        f"| {r['model']} | {r['sampler']} | {r['conditional_accuracy']:.3f} | {r['digits_fid']:.1f} "
-        f"| {r['digits_is']:.2f} | {r['mean_steps']:.1f} | {r['passes']:.1f} | {r['seconds']} |\n" for r in rows
-    )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        f"# Sampler ablations on digits\n\n{args.num_per_class} images per class, guidance {args.cfg} on every step, "
-        f"temperature 1, seed {args.seed}, scored by the independent digits classifier.\n\n"
-        f"Reproduce: `python scripts/sampler_ablation.py --ind {args.ind} --bit {args.bit}`\n\n{table}"
-    )
-    Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    print(table)
+    samplers = {"refine": {}, "mask-based": {"revise": False}}
+    best: dict[str, dict] = {}
+    for name, extra in samplers.items():
+        rows = [r.run("sweep", "GRN_ind", args.ind, name, {**pt, **extra}, ns) for pt in grid(args.steps)]
+        winner = min(rows, key=lambda row: row["digits_fid"])["sampler"]
+        best[name] = {k: v for k, v in winner.items() if k != "revise"}
+    print("best decoding:", json.dumps(best), flush=True)
+    if "best" in args.parts:
+        for (name, extra), (owner, setting) in itertools.product(samplers.items(), best.items()):
+            r.run("best", "GRN_ind", args.ind, f"{name} at {owner}'s best", {**setting, **extra}, n)
+    if "selection" in args.parts:
+        r.run("selection", "GRN_ind", args.ind, "confidence", {**best["refine"], "selection": "confidence"}, n)
+    if "steps" in args.parts:
+        for (name, extra), steps in itertools.product(samplers.items(), (10, 30, 50)):
+            r.run("steps", "GRN_ind", args.ind, name, {**best[name], **extra, "num_steps": steps}, n)
+    if "complexity" in args.parts:
+        base = {**best["refine"], "num_steps": 50}
+        for ckpt, model in ((args.ind, "GRN_ind"), (args.bit, "GRN_bit")):
+            if not ckpt or (model == "GRN_bit" and "bit" not in args.parts):
+                continue
+            variants = [("official, released k=700 b=-620 Tmin=20",
+                         {"schedule": "complexity_aware_official", "k": 700.0, "b": -620.0, "t_min": 20,
+                          "warmup_steps": 5})]
+            for lo, hi in ((15, 45), (5, 25)):
+                k, b = r.calibrate(ckpt, base, True, lo, hi)
+                variants.append((f"official, calibrated D in [{lo}, {hi}] (k={k}, b={b})",
+                                 {"schedule": "complexity_aware_official", "k": k, "b": b, "t_min": lo + 5,
+                                  "warmup_steps": 5}))
+            for lo, hi in ((20, 50), (10, 30)):
+                k, b = r.calibrate(ckpt, base, False, lo, hi)
+                variants.append((f"ours (Eq. 9 reading), T in [{lo}, {hi}] (k={k}, b={b})",
+                                 {"schedule": "complexity_aware", "k": k, "b": b, "t_min": lo, "t_max": hi,
+                                  "alpha": hi, "warmup_steps": 5}))
+            if model == "GRN_bit":
+                variants = variants[:2]
+            for label, extra in variants:
+                r.run("complexity", model, ckpt, label, {**base, **extra}, n)
+    if "bit" in args.parts and args.bit:
+        for name, extra in samplers.items():
+            r.run("bit", "GRN_bit", args.bit, name, {**best["refine"], **extra}, n)
 
 
 if __name__ == "__main__":

@@ -175,9 +175,8 @@ def evaluate(
                 correct.index_add_(0, classes, hit)
             steps_sum += out.steps.double().sum()
             step_hist += torch.bincount(out.steps.clamp(0, max_steps), minlength=max_steps + 1).double()
-            active, scale = out.stats["active"].double(), out.stats["cfg_scale"].double()
-            # network passes: one per active sample, two where guidance is on (approximate where scales differ)
-            passes_sum += (active * (1 + (scale != 1).double())).sum()
+            # network passes: one per active sample per step, plus one where its guidance was on (exact)
+            passes_sum += out.stats["network_rows"].double().sum()
             ent = out.stats["entropy"].double()
             entropy_sum[: len(ent)] += ent
             entropy_n[: len(ent)] += 1

@@ -137,7 +137,8 @@ def refine(
     Returns:
         :class:`RefineResult`; stats ``keep_prob``, ``cfg_scale``, ``entropy`` (Eq. 8 of the conditional
         prediction), ``kept_fraction`` (share of the region kept from the prediction for the next step),
-        ``active`` (samples still refining) per step, and per sample ``warmup_entropy`` (complexity-aware).
+        ``active`` (samples still refining), ``network_rows`` (samples through the network: conditional plus
+        unconditional) per step, and per sample ``warmup_entropy`` (complexity-aware).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
@@ -195,7 +196,7 @@ def refine(
     done = torch.zeros(bsz, dtype=torch.bool, device=device)
     warm_entropy = torch.full((bsz,), float("nan"), device=device)
     tau = torch.full((bsz,), float(temperature), dtype=torch.float64, device=device)
-    rec = {key: torch.zeros(max_steps, device=device) for key in ("keep_prob", "cfg_scale", "entropy", "kept_fraction", "active")}
+    rec = {key: torch.zeros(max_steps, device=device) for key in ("keep_prob", "cfg_scale", "entropy", "kept_fraction", "active", "network_rows")}
     logits_shape = (bsz, num_levels, *label_shape)
 
     for i in range(max_steps):
@@ -272,6 +273,7 @@ def refine(
         rec["entropy"][i] = entropy.mean()
         rec["kept_fraction"][i] = ((keep & sel_a).flatten(1).sum(1).float() / sel_a.flatten(1).sum(1).clamp_min(1)).mean()
         rec["active"][i] = n
+        rec["network_rows"][i] = n + guided.numel()  # samples through the network this step (cond + uncond)
         if callback is not None:
             callback(i)
 
