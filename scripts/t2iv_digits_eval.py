@@ -26,6 +26,7 @@ from torchvision.utils import save_image
 
 from grn import hbq
 from grn.datamodules.captioned import DIGIT_WORDS, DIRECTIONS, moving_digits
+from grn.checkpoints import build_from_config
 from grn.io import atomic_write_json
 from grn.lit_modules.t2iv import load_t2iv, sample_t2iv
 from grn.lit_modules.tokenizer import TokenizerLitModule
@@ -69,6 +70,13 @@ def sample_pixels(net, encode, tok, captions, shape, seed, sampler, first_frame=
         return tok.decode(feats).clamp(-1, 1), res
 
 
+def load_with_encoder(ckpt: Path):
+    """A T2I/T2V checkpoint's network and its caption encoder (a registered grn text encoder) as ``encode``."""
+    net, hp = load_t2iv(ckpt)
+    enc = build_from_config(hp["text_encoder"], {"text_encoder"}, ckpt, "hyper_parameters.text_encoder")
+    return net, lambda caps: [f.float() for f in enc.encode_texts(caps)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path)
@@ -92,11 +100,7 @@ def main() -> None:
 
     t2i_ckpt = args.run_dir / "t2i" / "checkpoints" / "last.ckpt"
     if t2i_ckpt.is_file():
-        net, hp = load_t2iv(t2i_ckpt)
-        from hydra.utils import instantiate
-
-        enc = instantiate(hp["text_encoder"])
-        encode = lambda caps: [f.float() for f in enc.encode_texts(caps)]  # noqa: E731
+        net, encode = load_with_encoder(t2i_ckpt)
         classes = torch.arange(10).repeat_interleave(args.per_caption)
         captions = [f"a handwritten {DIGIT_WORDS[c]}" for c in classes.tolist()]
         images, _ = sample_pixels(net, encode, tok, captions, (net.label_channels, 32 // s, 32 // s), args.seed,
@@ -110,11 +114,7 @@ def main() -> None:
 
     t2v_ckpt = args.run_dir / "t2v" / "checkpoints" / "last.ckpt"
     if t2v_ckpt.is_file():
-        net, hp = load_t2iv(t2v_ckpt)
-        from hydra.utils import instantiate
-
-        enc = instantiate(hp["text_encoder"])
-        encode = lambda caps: [f.float() for f in enc.encode_texts(caps)]  # noqa: E731
+        net, encode = load_with_encoder(t2v_ckpt)
         frames = args.frames
         lat_t = 1 + (frames - 1) // tok.temporal_stride
         combos = [(d, k) for d in range(10) for k in range(4)]

@@ -82,13 +82,14 @@ class GRNPipeline:
         """The pipeline for ``task``: ``c2i`` (this class) or ``t2i`` / ``t2v`` / ``i2v``
         (:class:`grn.text_pipeline.TextPipeline`). ``task=None`` reads it from the checkpoint (a text-conditioned
         checkpoint defaults to ``t2i``; pass ``t2v`` / ``i2v`` for clips)."""
+        from grn.checkpoints import read_checkpoint
         from grn.text_pipeline import TEXT_TASKS, TextPipeline
 
         if task is None:
             path = Path(ckpt)
             if not path.is_file():
                 raise FileNotFoundError(f"checkpoint not found: {path}")
-            hp = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+            hp = read_checkpoint(path, mmap=True).get("hyper_parameters", {})
             task = "t2i" if "text_encoder" in hp else "c2i"
         if task in TEXT_TASKS:
             return TextPipeline.from_checkpoint(ckpt, task, tokenizer_ckpt, ema, device)

@@ -46,9 +46,9 @@ class TextPipeline:
     @classmethod
     def from_checkpoint(cls, ckpt: str | Path, task: str = "t2i", tokenizer_ckpt: str | Path | None = None,
                         ema: str | None = "ema1", device: str | torch.device = "cpu") -> "TextPipeline":
-        """Load a T2I/T2V training checkpoint, the caption encoder its config names and its tokenizer."""
-        from hydra.utils import instantiate
-
+        """Load a T2I/T2V training checkpoint, the caption encoder its config names (a registered grn text
+        encoder: :func:`grn.checkpoints.build_from_config`) and its tokenizer."""
+        from grn.checkpoints import build_from_config
         from grn.lit_modules.t2iv import load_t2iv
         from grn.lit_modules.tokenizer import TokenizerLitModule
 
@@ -56,7 +56,8 @@ class TextPipeline:
         tok_path = tokenizer_ckpt or hp.get("tokenizer_ckpt")
         if not tok_path:
             raise ValueError(f"{ckpt} records no tokenizer checkpoint: pass tokenizer_ckpt=<path>")
-        text_encoder = instantiate(hp["text_encoder"])
+        text_encoder = build_from_config(hp["text_encoder"], {"text_encoder"}, ckpt,
+                                         "hyper_parameters.text_encoder")
         return cls(net, text_encoder, TokenizerLitModule.load_tokenizer(tok_path), task, device, str(tok_path))
 
     def encode(self, captions: list[str]) -> list[torch.Tensor]:

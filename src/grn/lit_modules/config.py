@@ -8,6 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from grn.checkpoints import check_stored_configs
+
 
 def plain_config(cfg: Any) -> Any:
     """DictConfig/ListConfig (also nested in a mapping) -> plain dicts/lists, so that checkpoints holding them load
@@ -33,3 +35,16 @@ def plain_hparams(*values: Any) -> tuple[Any, ...]:
             v = None
         out.append(v)
     return tuple(out)
+
+
+class CheckedLoad:
+    """Mixin for LightningModules: ``load_from_checkpoint`` first refuses a file whose stored configs grn would not
+    build from a checkpoint (:func:`grn.checkpoints.check_stored_configs`), since Lightning passes them to
+    ``__init__``, which instantiates them with Hydra. ``stored_configs``: hyper-parameter name -> allowed kinds."""
+
+    stored_configs: dict[str, set[str]] = {}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        check_stored_configs(checkpoint_path, cls.stored_configs, given=kwargs)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)

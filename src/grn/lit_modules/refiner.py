@@ -17,11 +17,14 @@ import torch
 
 from grn import hbq
 from grn.distributed.fsdp import reshard, shard_module
+from grn.lit_modules.config import CheckedLoad
 from grn.lit_modules.ema import EMA
 
 
-class RefinementLitModule(L.LightningModule):
+class RefinementLitModule(CheckedLoad, L.LightningModule):
     """Base of :class:`~grn.lit_modules.generator.GeneratorLitModule` and :class:`~grn.lit_modules.t2iv.T2IVLitModule`."""
+
+    stored_configs = {"net": {"generator", "t2iv"}, "text_encoder": {"text_encoder"}}
 
     net: torch.nn.Module
     emas: torch.nn.ModuleDict
@@ -87,20 +90,20 @@ class RefinementLitModule(L.LightningModule):
 
 
 def load_refiner_net(ckpt_path: str | Path, ema: str | None = "ema1", map_location: str = "cpu",
-                     what: str = "generator") -> tuple[torch.nn.Module, dict]:
+                     what: str = "generator", kind: str = "generator") -> tuple[torch.nn.Module, dict]:
     """Rebuild the network of a :class:`RefinementLitModule` checkpoint (or of an export of one); returns
     ``(net in eval mode, hyper_parameters)``. ``ema`` names the EMA whose weights are loaded (``None``: the live
-    weights); ``what`` names the checkpoint in the missing-file error."""
-    from hydra.utils import instantiate
-
+    weights); ``what`` names the checkpoint in the missing-file error. ``hyper_parameters.net`` must name a grn
+    network registered as ``kind`` (:func:`grn.checkpoints.build_from_config`; else ``UnsafeCheckpointError``)."""
+    from grn.checkpoints import build_from_config, read_checkpoint
     from grn.distributed.export import EXPORT_KEY
 
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    ckpt = read_checkpoint(path, map_location=map_location)
     hp = ckpt["hyper_parameters"]
-    net = instantiate(hp["net"])
+    net = build_from_config(hp["net"], {kind}, path, "hyper_parameters.net")
     state = ckpt["state_dict"]
     net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
     if ema is not None and EXPORT_KEY not in ckpt:  # an export holds final weights

@@ -242,4 +242,4 @@ def load_t2iv(ckpt_path: str | Path, ema: str | None = "ema1", map_location: str
 
     ``ema`` names the EMA whose weights are loaded (``None`` for the live weights).
     """
-    return load_refiner_net(ckpt_path, ema, map_location, what="T2I/T2V")
+    return load_refiner_net(ckpt_path, ema, map_location, what="T2I/T2V", kind="t2iv")

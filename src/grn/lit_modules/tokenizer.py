@@ -18,8 +18,9 @@ from hydra.utils import instantiate
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
+from grn.checkpoints import build_from_config, read_checkpoint
 from grn.distributed.fsdp import is_sharded, reshard, shard_module
-from grn.lit_modules.config import plain_config
+from grn.lit_modules.config import CheckedLoad, plain_config
 from grn.lit_modules.ema import EMA
 from grn.losses.adversarial import adaptive_weight, generator_adv_loss, hinge_d_loss
 from grn.losses.perceptual import build_lpips
@@ -39,7 +40,7 @@ def _no_closure() -> None:
     return None
 
 
-class TokenizerLitModule(L.LightningModule):
+class TokenizerLitModule(CheckedLoad, L.LightningModule):
     """Trains :class:`~grn.models.tokenizer.HBQTokenizer` as a VQGAN-style autoencoder through HBQ's STE.
 
     Batch contract (joint image + video training): a dict with ``"image"`` float ``[B_i, 3, H, W]`` and/or
@@ -69,6 +70,7 @@ class TokenizerLitModule(L.LightningModule):
 
     # each backward reaches only one of the two networks: DDP must look for unused parameters (train.py sets it)
     ddp_find_unused_parameters = True
+    stored_configs = {"tokenizer": {"tokenizer"}, "discriminator": {"discriminator"}}
 
     def __init__(
         self,
@@ -278,14 +280,16 @@ class TokenizerLitModule(L.LightningModule):
         ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu", use_ema: bool = True
     ) -> HBQTokenizer:
         """Rebuild the tokenizer of a training checkpoint (config from ``hyper_parameters['tokenizer']``) with
-        its EMA weights (``use_ema``) or live ones; returned in eval mode. Loads with ``weights_only=True``.
-        An official release checkpoint (a dict with ``ema`` / ``vae``) is recognised and loaded strictly.
+        its EMA weights (``use_ema``) or live ones; returned in eval mode. Loads with ``weights_only=True``;
+        the config must name a registered grn tokenizer with plain arguments
+        (:func:`grn.checkpoints.build_from_config`, else ``UnsafeCheckpointError``). An official release
+        checkpoint (a dict with ``ema`` / ``vae``) is recognised and loaded strictly.
         """
         if not os.path.isfile(ckpt_path):
             raise FileNotFoundError(
                 f"tokenizer checkpoint not found: {ckpt_path} (pass the .ckpt of a tokenizer run)"
             )
-        ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+        ckpt = read_checkpoint(ckpt_path, map_location=map_location)
         if "hyper_parameters" not in ckpt and ("ema" in ckpt or "vae" in ckpt):
             # an official release file (facts §2.4): its ``ema`` weights are the only ones it has
             from grn.models.tokenizer_checkpoint import load_official_tokenizer
@@ -297,7 +301,7 @@ class TokenizerLitModule(L.LightningModule):
             raise ValueError(
                 f"{ckpt_path} is not a TokenizerLitModule checkpoint (no hyper_parameters.tokenizer)"
             ) from err
-        tok = instantiate(cfg, _convert_="all")
+        tok = build_from_config(cfg, {"tokenizer"}, ckpt_path, "hyper_parameters.tokenizer")
         state = ckpt["state_dict"]
         tok.load_state_dict(
             {k[len("tokenizer.") :]: v for k, v in state.items() if k.startswith("tokenizer.")}

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from grn.checkpoints import read_checkpoint
 from grn.models.t2iv import T2IV_SIZES, T2IVNet, build_t2iv
 
 _OFFICIAL_BLOCK = re.compile(r"^block_chunks\.(\d+)\.module\.(\d+)\.(.+)$")
@@ -86,10 +87,7 @@ def read_official_t2iv(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"official T2I/T2V checkpoint not found: {path} (GRN_T2I_2B.pth / GRN_T2V_2B.pth "
                                 "from the HF repo bytedance-research/GRN)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path, mmap=True)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} is not a flat state dict (the released T2I/T2V files are)")
     return state

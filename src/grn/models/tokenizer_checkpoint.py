@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from grn.checkpoints import read_checkpoint
 from grn.models.tokenizer import HBQTokenizer
 
 __all__ = [
@@ -55,10 +56,7 @@ def read_official_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(
             f"official tokenizer checkpoint not found: {path} (from the HF repo bytedance-research/GRN)"
         )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # files in the legacy (non-zip) format cannot be memory-mapped
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path, mmap=True)
     if not isinstance(ckpt, dict):
         raise TypeError(f"{path}: expected a dict with an 'ema' or 'vae' entry, got {type(ckpt).__name__}")
     for key in OFFICIAL_STATE_KEYS:
