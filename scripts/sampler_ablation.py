@@ -15,7 +15,9 @@ interrupted run continues where it stopped):
 4. ``steps``: 10 / 30 / 50 steps for both samplers at their own best;
 5. ``complexity``: complexity-aware sampling at refine's best decoding: our Eq. 9 reading and the released C2I
    variant (official update §E) — the released constants and k, b calibrated on this model (Tab. 11);
-6. ``bit``: GRN_bit with refine and mask-based at refine-ind's best, and complexity-aware.
+6. ``bit``: GRN_bit with refine and mask-based at refine-ind's best, and complexity-aware;
+7. ``training``: other trainings of the same network (``--variant NAME=CKPT``, e.g. more steps or another
+   keep-probability distribution), refine and mask-based each at its own best decoding from the sweep.
 
 Calibration maps the 10th / 90th percentile of the decision entropies of 100 samples onto the step range.
 """
@@ -35,7 +37,7 @@ from grn.entrypoints.common import CONF_DIR
 from grn.entrypoints.eval import evaluate
 from grn.pipeline import GRNPipeline
 
-PARTS = ("sweep", "best", "selection", "steps", "complexity", "bit")
+PARTS = ("sweep", "best", "selection", "steps", "complexity", "bit", "training")
 
 
 def grid(steps: int) -> list[dict]:
@@ -109,6 +111,8 @@ def main() -> None:
     p.add_argument("--sweep-per-class", type=int, default=20)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=CKPT",
+                   help="another training of the GRN_ind network for the `training` part (repeatable)")
     args = p.parse_args()
     r = Runner(Path(args.results), args.seed)
     n, ns = args.per_class, args.sweep_per_class
@@ -153,6 +157,11 @@ def main() -> None:
     if "bit" in args.parts and args.bit:
         for name, extra in samplers.items():
             r.run("bit", "GRN_bit", args.bit, name, {**best["refine"], **extra}, n)
+    if "training" in args.parts:
+        for spec in args.variant:
+            model, _, ckpt = spec.partition("=")
+            for name, extra in samplers.items():
+                r.run("training", model, ckpt, name, {**best[name], **extra}, n)
 
 
 if __name__ == "__main__":
