@@ -17,7 +17,13 @@ interrupted run continues where it stopped):
    variant (official update §E) — the released constants and k, b calibrated on this model (Tab. 11);
 6. ``bit``: GRN_bit with refine and mask-based at refine-ind's best, and complexity-aware;
 7. ``training``: other trainings of the same network (``--variant NAME=CKPT``, e.g. more steps or another
-   keep-probability distribution), refine and mask-based each at its own best decoding from the sweep.
+   keep-probability distribution), refine and mask-based each at its own best decoding from the sweep;
+8. ``revision``: why refine and mask-based differ — for each GRN_ind training, along refine's trajectory (100
+   samples at refine's best decoding), the share of input tokens that are earlier predictions and the mean
+   probability the conditional prediction gives to *changing* such a token (1 − p(input value)): how much of what
+   was already drawn each step re-draws differently; and the mean probability it gives to *keeping* a noise token's
+   value (the network cannot tell noise from real tokens except by context, so this is the noise that leaks into
+   the sample).
 
 Calibration maps the 10th / 90th percentile of the decision entropies of 100 samples onto the step range.
 """
@@ -37,7 +43,7 @@ from grn.entrypoints.common import CONF_DIR
 from grn.entrypoints.eval import evaluate
 from grn.pipeline import GRNPipeline
 
-PARTS = ("sweep", "best", "selection", "steps", "complexity", "bit", "training")
+PARTS = ("sweep", "best", "selection", "steps", "complexity", "bit", "training", "revision")
 
 
 def grid(steps: int) -> list[dict]:
@@ -80,6 +86,38 @@ class Runner:
                "accuracy": m["conditional_accuracy"], "digits_fid": m["digits_fid"],
                "digits_is": m["digits_inception_score"], "mean_steps": m["mean_steps"],
                "passes": m["network_passes_per_image"], "seconds": round(time.perf_counter() - start, 1)}
+        self.rows.append(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+        return row
+
+    def revision(self, model: str, ckpt: str, sampler: dict, per_class: int = 10) -> dict:
+        """The revision profile of refine's trajectory (see part 8); cached like :meth:`run`."""
+        hit = self.find("revision", model, sampler, per_class)
+        if hit is not None:
+            return hit
+        pipe = self.pipe(ckpt)
+        classes = torch.arange(pipe.generator.num_classes).repeat_interleave(per_class)
+        n, state, profile = len(classes), {}, []
+
+        def hook(module, args, out):
+            z, t = args[0][:n], args[1][:n]  # the conditional rows (every sample is active: fixed steps)
+            noise = state.setdefault("noise", z.clone())  # step 0 sees the initial noise map only
+            drawn = z != noise
+            p_same = out[:n].float().softmax(1).gather(1, z.unsqueeze(1)).squeeze(1)
+            change = float((1 - p_same)[drawn].mean()) if drawn.any() else 0.0
+            copy_noise = float(p_same[~drawn].mean()) if (~drawn).any() else 0.0
+            profile.append([round(float(t[0]), 4), round(float(drawn.float().mean()), 4), round(change, 4),
+                            round(copy_noise, 4)])
+
+        handle = pipe.generator.register_forward_hook(hook)
+        try:
+            pipe(classes, seed=self.seed + 200, **sampler)
+        finally:
+            handle.remove()
+        row = {"part": "revision", "model": model, "label": "refine", "sampler": sampler, "per_class": per_class,
+               "profile": profile}
         self.rows.append(row)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -162,6 +200,10 @@ def main() -> None:
             model, _, ckpt = spec.partition("=")
             for name, extra in samplers.items():
                 r.run("training", model, ckpt, name, {**best[name], **extra}, n)
+    if "revision" in args.parts:
+        for spec in ["GRN_ind=" + args.ind, *args.variant]:
+            model, _, ckpt = spec.partition("=")
+            r.revision(model, ckpt, best["refine"])
 
 
 if __name__ == "__main__":
