@@ -9,10 +9,10 @@ STAMP := $(VENV)/.grn-installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all bench clean
+.PHONY: help install demo test test-all test-cluster bench clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,11 +26,14 @@ install: $(STAMP) ## create .venv (if missing) and install grn with its test too
 demo: $(STAMP) ## train the tiny tokenizer + GRN on real digits, write runs/quickstart/{samples.png,metrics.json}
 	$(PY) train.py experiment=quickstart
 
-test: $(STAMP) ## the CPU test suite (minutes; excludes tests marked slow or gpu)
-	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+test: $(STAMP) ## the CPU test suite (minutes; excludes tests marked slow, gpu or cluster; installs nothing)
+	$(PY) -m pytest -m "not slow and not gpu and not cluster" $(PYTEST_ARGS)
 
-test-all: $(STAMP) ## every CPU test, slow ones included
-	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+test-all: $(STAMP) ## every CPU test, slow ones included (still no gpu or cluster tests)
+	$(PY) -m pytest -m "not gpu and not cluster" $(PYTEST_ARGS)
+
+test-cluster: $(STAMP) ## the cluster tests: as root, installs slurm-wlm + munge, writes /etc, starts daemons
+	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 bench: $(STAMP) ## run the benchmarks in bench/ (they print ratios; never part of the tests)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,13 @@ from omegaconf import open_dict
 from grn.entrypoints.common import CONF_DIR
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# torch.compile's on-disk cache does not key compiled graphs by ATEN_CPU_CAPABILITY (torch 2.14): a graph cached
+# by a default (avx512) run, loaded by an ATEN_CPU_CAPABILITY=avx2 run, crashes (garbage embedding_bag offsets in
+# test_compiled_sampling_matches_eager). Runs with the variable set get a cache of their own, in the temp dir.
+if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{os.environ['ATEN_CPU_CAPABILITY']}"
+    )
 sys.path.insert(0, str(Path(__file__).parent))  # shared test helpers (reference_grn, tiny_nets, script_loader)
 
 

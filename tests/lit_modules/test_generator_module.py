@@ -171,4 +171,6 @@ def test_compiled_sampling_matches_eager():
     opts = dict(num_steps=4, cfg_scale=2.0, cfg_interval=[0.0, 1.0], temperature=1.0)
     eager = sample_labels(net, y, torch.Generator().manual_seed(0), **opts)
     compiled = sample_labels(net, y, torch.Generator().manual_seed(0), compile=True, **opts)
+    # exact although inductor reorders the float32 arithmetic: the smallest Gumbel top-2 gap of these draws
+    # (2.4e-4, measured) exceeds twice the guided-logit tolerance asserted above ((1 + 2·2)·1.1e-5 ≈ 6e-5)
     assert torch.equal(eager.labels, compiled.labels)

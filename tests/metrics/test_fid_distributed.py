@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import numpy as np
 import torch
 
 from grn.metrics.fid import FidIsAccumulator, build_feature_extractor, save_reference_stats
@@ -49,6 +49,24 @@ def test_two_process_fid_equals_single_process(tmp_path):
     both = json.loads(out.read_text())
     assert both["num_images"] == single["num_images"] == 90
     assert single["fid"] > 0.01
-    assert both["fid"] == pytest.approx(single["fid"], rel=1e-6)
-    assert both["inception_score_mean"] == pytest.approx(single["inception_score_mean"], rel=1e-9)
-    assert both["inception_score_std"] == pytest.approx(single["inception_score_std"], rel=1e-6)
+    # The two runs extract the same images in other batches (each rank its interleaved share) and other thread
+    # counts (the ranks run 1 thread), so the float32 features and logits may differ in their last bits (a few
+    # units of u = 6e-8 of their scale; measured 1.5e-8 of FID going from batches of 16 to batches of 1). The
+    # float64 sums make the all-reduce itself exact. Tolerances follow the float32 inputs, 1e-5 of each
+    # quantity's scale: for FID that is the statistics' scale tr(sigma) + |mu|^2 (FID is a difference of such
+    # terms, 0.07 here against a scale of 0.74), for the IS mean and std it is the IS itself (the std of the
+    # 3 split scores is ~1e-4, mostly cancellation). An all-reduce that does nothing moves FID by 4e-3 and the
+    # IS mean by 3e-5 (asserted below); splits taken by local instead of global index move the IS std by 6e-5.
+    mu, sigma = ref_acc.fid.mu_sigma()
+    fid_tol = 1e-5 * (np.trace(sigma) + mu @ mu)
+    is_tol = 1e-5 * single["inception_score_mean"]
+
+    def agree(result: dict) -> bool:
+        return (
+            abs(result["fid"] - single["fid"]) <= fid_tol
+            and abs(result["inception_score_mean"] - single["inception_score_mean"]) <= is_tol
+            and abs(result["inception_score_std"] - single["inception_score_std"]) <= is_tol
+        )
+
+    assert agree(both), (both, single)
+    assert not agree(w.score(0, 2, weights, ref))  # rank 0's share alone (no process group: no all-reduce)

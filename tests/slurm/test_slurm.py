@@ -18,6 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# They install slurm-wlm + munge with apt, write /etc/slurm and start munged, slurmctld and slurmd: never part of
+# make test (it must leave the machine as it found it); make test-cluster runs them.
+pytestmark = pytest.mark.cluster
+
 ROOT = Path(__file__).resolve().parents[2]
 START, STOP = ROOT / "scripts" / "slurm" / "start.sh", ROOT / "scripts" / "slurm" / "stop.sh"
 
