@@ -4,7 +4,7 @@ classifier (conditional accuracy) and its features (digits-FID / digits-IS, `grn
     python scripts/sampler_ablation.py --ind runs/quickstart/c2i/checkpoints/last.ckpt \\
         --bit runs/quickstart-bit/c2i/checkpoints/last.ckpt --results docs/sampler_ablation.jsonl
 
-Parts (each result is appended to ``--results`` as one JSON line and skipped when the file already holds it, so an
+Parts (``sweep`` and ``best`` always run, since the others start from their winners; each result is appended to ``--results`` as one JSON line and skipped when the file already holds it, so an
 interrupted run continues where it stopped):
 
 1. ``sweep``: refine and the mask-based baseline each get the same budget, one grid over guidance scale, interval
@@ -162,16 +162,16 @@ def main() -> None:
         winner = min(rows, key=lambda row: row["digits_fid"])["sampler"]
         best[name] = {k: v for k, v in winner.items() if k != "revise"}
     print("best decoding:", json.dumps(best), flush=True)
-    if "best" in args.parts:
-        candidates = dict(best)
-        finals = {name: [] for name in samplers}
-        for (name, extra), (owner, setting) in itertools.product(samplers.items(), candidates.items()):
-            finals[name].append(r.run("best", "GRN_ind", args.ind, f"{name} at {owner}'s best", {**setting, **extra}, n))
-        # a 200-image sweep ranks close settings noisily: the winner among the candidates at full size is the best
-        for name, rows in finals.items():
-            winner = min(rows, key=lambda row: row["digits_fid"])["sampler"]
-            best[name] = {k: v for k, v in winner.items() if k != "revise"}
-        print("best decoding at full size:", json.dumps(best), flush=True)
+    # every later part starts from these winners (cached after the first run)
+    candidates = dict(best)
+    finals = {name: [] for name in samplers}
+    for (name, extra), (owner, setting) in itertools.product(samplers.items(), candidates.items()):
+        finals[name].append(r.run("best", "GRN_ind", args.ind, f"{name} at {owner}'s best", {**setting, **extra}, n))
+    # a 200-image sweep ranks close settings noisily: the winner among the candidates at full size is the best
+    for name, rows in finals.items():
+        winner = min(rows, key=lambda row: row["digits_fid"])["sampler"]
+        best[name] = {k: v for k, v in winner.items() if k != "revise"}
+    print("best decoding at full size:", json.dumps(best), flush=True)
     if "selection" in args.parts:
         r.run("selection", "GRN_ind", args.ind, "confidence", {**best["refine"], "selection": "confidence"}, n)
     if "steps" in args.parts:
