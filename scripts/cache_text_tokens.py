@@ -79,4 +79,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from grn.entrypoints.errors import cli_errors
+
+    cli_errors(main)()

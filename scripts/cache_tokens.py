@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-count", type=int, default=1000, help="samples per token shard")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    from grn.io import require_checkpoint_file
 
+    require_checkpoint_file(args.tokenizer, "tokenizer")  # before any data is read
     from grn.datamodules.builtin import builtin_image_shards, builtin_video_shards
     from grn.datamodules.images import ImageShardDataModule
     from grn.datamodules.token_shards import ensure_token_cache, read_meta
@@ -83,4 +85,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from grn.entrypoints.errors import cli_errors
+
+    cli_errors(main)()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from grn.io import atomic_torch_save
+from grn.io import atomic_torch_save, require_checkpoint_file
 from grn.models.convert import c2i_checkpoint
 
 
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", choices=["auto", "c2i", "t2iv"], default="auto",
                         help="official checkpoint kind (auto: a flat state dict with word_embed is T2I/T2V)")
     args = parser.parse_args(argv)
+    require_checkpoint_file(args.src, "official")
+    if args.tokenizer:
+        require_checkpoint_file(args.tokenizer, "tokenizer")
     kind = args.kind if args.kind != "auto" else detect_kind(args.src)
     if kind == "t2iv":
         from grn.models.t2iv_checkpoint import t2iv_checkpoint
@@ -51,4 +54,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from grn.entrypoints.errors import cli_errors
+
+    cli_errors(main)()

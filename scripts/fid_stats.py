@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    if args.folder and not Path(args.folder).is_dir():
+        print(f"fid_stats: image folder not found: {args.folder}", file=sys.stderr)
+        return 2
 
     from grn.metrics.fid import FidIsAccumulator, build_feature_extractor, file_sha256, save_reference_stats
     from grn.metrics.reference import iter_folder_images, iter_shard_images, stats_from_batches
@@ -83,4 +86,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from grn.entrypoints.errors import cli_errors
+
+    sys.exit(cli_errors(main)())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from grn.datamodules.builtin import BUILTIN_SHARD_SETS, builtin_shards
 from grn.datamodules.writers import iter_image_folder, iter_jsonl_media, write_shards
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
         p.add_argument("--max-count", type=int, default=1000, help="samples per shard")
         p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.source == "folder" and not Path(args.root).is_dir():
+        raise FileNotFoundError(f"image folder not found: {args.root} (one sub-folder per class)")
 
     if args.source == "builtin":
         result = builtin_shards(args.name, args.cache_dir)
@@ -59,4 +62,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from grn.entrypoints.errors import cli_errors
+
+    cli_errors(main)()

@@ -188,4 +188,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from grn.entrypoints.errors import cli_errors
+
+    sys.exit(cli_errors(main)())

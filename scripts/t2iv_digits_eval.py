@@ -89,6 +89,8 @@ def main() -> None:
     p.add_argument("--digit-size", type=int, default=24, help="digit side in the clips, as the data config")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/grn"))
     args = p.parse_args()
+    if not args.run_dir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {args.run_dir} (of train.py experiment=t2iv_digits)")
     started = time.time()
     sampler = dict(num_steps=args.steps, schedule="cosine", cfg_scale=args.cfg, temperature=args.temperature)
     tok = TokenizerLitModule.load_tokenizer(args.run_dir / "tokenizer" / "checkpoints" / "last.ckpt")
@@ -156,4 +158,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from grn.entrypoints.errors import cli_errors
+
+    cli_errors(main)()

@@ -330,4 +330,6 @@ def main(argv=None) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from grn.entrypoints.errors import cli_errors
+
+    cli_errors(main)()

@@ -83,12 +83,11 @@ class GRNPipeline:
         (:class:`grn.text_pipeline.TextPipeline`). ``task=None`` reads it from the checkpoint (a text-conditioned
         checkpoint defaults to ``t2i``; pass ``t2v`` / ``i2v`` for clips)."""
         from grn.checkpoints import read_checkpoint
+        from grn.io import require_checkpoint_file
         from grn.text_pipeline import TEXT_TASKS, TextPipeline
 
         if task is None:
-            path = Path(ckpt)
-            if not path.is_file():
-                raise FileNotFoundError(f"checkpoint not found: {path}")
+            path = require_checkpoint_file(ckpt, "generator")
             hp = read_checkpoint(path, mmap=True).get("hyper_parameters", {})
             task = "t2i" if "text_encoder" in hp else "c2i"
         if task in TEXT_TASKS:

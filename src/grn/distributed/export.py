@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from grn.entrypoints.common import is_checkpoint
-from grn.io import atomic_torch_save
+from grn.entrypoints.common import checkpoint_problem
+from grn.io import atomic_torch_save, require_checkpoint_file
 from grn.lit_modules.ema import EMA
 
 __all__ = ["EXPORT_KEY", "export_ema", "load_consolidated", "weights_only_ema"]
@@ -32,9 +32,11 @@ def load_consolidated(path: str | os.PathLike, include_optimizer: bool = False) 
     ``include_optimizer`` (under their DCP names ``optimizer_0``, ...)."""
     path = Path(path)
     if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    if not is_checkpoint(path):
-        raise FileNotFoundError(f"{path} is neither a .ckpt file nor a complete sharded checkpoint folder")
+        return torch.load(require_checkpoint_file(path), map_location="cpu", weights_only=True)
+    problem = checkpoint_problem(path)
+    if problem:
+        raise FileNotFoundError(f"{path} is not a checkpoint: {problem} (give a .ckpt file or a complete sharded "
+                                "checkpoint folder)")
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict

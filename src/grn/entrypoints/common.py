@@ -54,32 +54,58 @@ def quiet_warnings() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
-def is_checkpoint(path: str | Path) -> bool:
-    """A complete checkpoint: a ``.ckpt`` file, or a sharded (torch.distributed.checkpoint) folder whose shards,
-    ``.metadata`` and ``meta.pt`` were written in that order. A save writes them in that order, so a folder with a
-    missing or older ``.metadata`` / ``meta.pt`` is an interrupted save (also when it overwrote an older one)."""
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint (one phrase), or None. A ``.ckpt`` file must pass
+    :func:`grn.io.checkpoint_file_problem` (its zip directory is read, no tensor); a sharded
+    (torch.distributed.checkpoint) folder must hold shards, ``.metadata`` and ``meta.pt`` written in that order. A
+    save writes them in that order, so a folder with a missing or older ``.metadata`` / ``meta.pt`` is an
+    interrupted save (also when it overwrote an older one)."""
+    from grn.io import checkpoint_file_problem
+
     path = Path(path)
     if path.is_file():
-        return True
+        return checkpoint_file_problem(path)
+    if not path.is_dir():
+        return "it does not exist"
     metadata, meta = path / ".metadata", path / "meta.pt"
-    if not (path.is_dir() and metadata.is_file() and meta.is_file()):
-        return False
+    if not (metadata.is_file() and meta.is_file()):
+        return "an interrupted sharded save (no .metadata or meta.pt)"
     written = metadata.stat().st_mtime_ns
     shards_before = all(p.stat().st_mtime_ns <= written for p in path.glob("*.distcp"))
-    return shards_before and meta.stat().st_mtime_ns >= written
+    if not (shards_before and meta.stat().st_mtime_ns >= written):
+        return "an interrupted sharded save (shards newer than its .metadata / meta.pt)"
+    return None
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """A complete checkpoint: a ``.ckpt`` file or sharded folder (see :func:`checkpoint_problem`)."""
+    return checkpoint_problem(path) is None
 
 
 def newest_checkpoint(folder: str | Path) -> Path | None:
     """``last.ckpt`` if complete, else the most recently written complete ``*.ckpt`` (file or sharded folder)
-    under ``folder``, else None."""
+    under ``folder``, else None. Each incomplete one passed over is logged with the reason."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
     last = folder / "last.ckpt"
-    if is_checkpoint(last):
-        return last
-    ckpts = sorted((p for p in folder.glob("*.ckpt") if is_checkpoint(p)), key=lambda p: p.stat().st_mtime)
-    return ckpts[-1] if ckpts else None
+    others = sorted((p for p in folder.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in [last, *others] if last.exists() else others:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log.warning("ckpt_path=auto: skipping %s: %s", path, problem)
+    return None
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete (and log) what interrupted atomic checkpoint writes left in ``folder``; at start-up only."""
+    from grn.io import remove_stale_temp_files as remove
+
+    removed = remove(folder) if Path(folder).is_dir() else []
+    for path in removed:
+        log.warning("removed %s: the temporary file of an interrupted checkpoint write", path)
+    return removed
 
 
 register_resolvers()

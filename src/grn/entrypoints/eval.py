@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import torch
@@ -30,14 +30,14 @@ import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
-from torchvision.utils import save_image
 
 from grn.entrypoints.common import CONF_DIR
-from grn.io import atomic_write_json
-from grn.lit_modules.config import plain_config
-from grn.metrics.fid import FidIsAccumulator, ReferenceStats, build_feature_extractor, to_uint8
-from grn.metrics.reference import ensure_reference_stats
-from grn.pipeline import GRNPipeline
+from grn.entrypoints.errors import cli_errors
+from grn.entrypoints.validate import validate_eval
+
+if TYPE_CHECKING:  # the models and metrics are imported once the config is validated (fast one-line errors)
+    from grn.metrics.fid import FidIsAccumulator, ReferenceStats
+    from grn.pipeline import GRNPipeline
 
 log = logging.getLogger("grn.eval")
 
@@ -81,6 +81,8 @@ def balanced_batches(num_classes: int, num_per_class: int, batch_size: int, rank
 
 
 def sampler_settings(sampler: DictConfig | dict) -> dict[str, Any]:
+    from grn.lit_modules.config import plain_config
+
     opts = dict(plain_config(sampler))
     opts.pop("seed", None)
     return opts
@@ -110,6 +112,9 @@ def fid_accumulator(
     eval_cfg: DictConfig, device: str, num_images: int
 ) -> tuple[FidIsAccumulator | None, ReferenceStats | None]:
     """The FID/IS accumulator and the reference statistics (built first where the config allows), or Nones."""
+    from grn.metrics.fid import FidIsAccumulator, build_feature_extractor
+    from grn.metrics.reference import ensure_reference_stats
+
     fid_cfg = eval_cfg.get("fid")
     if not fid_cfg or not fid_cfg.get("enabled", True):
         return None, None
@@ -132,6 +137,8 @@ def evaluate(
     Images are scored after the PNG round trip (uint8) when ``eval.png_round_trip``; the grid keeps the first
     ``eval.keep_per_class`` images of each of the first ``eval.grid_classes`` classes.
     """
+    from grn.metrics.fid import to_uint8
+
     start = time.perf_counter()
     num_classes, per_class = pipe.generator.num_classes, int(eval_cfg.num_per_class)
     device = str(pipe.device)
@@ -294,6 +301,11 @@ def report(
     cfg: DictConfig, c2i_ckpt: Path, run_dir: Path, train_seconds: dict | None = None
 ) -> dict[str, Any]:
     """End-of-run report for the demo: ``samples.png`` (one row per class) and ``metrics.json``."""
+    from torchvision.utils import save_image
+
+    from grn.io import atomic_write_json
+    from grn.pipeline import GRNPipeline
+
     pipe = GRNPipeline.from_checkpoint(c2i_ckpt, ema="ema1")
     sampler = sampler_settings(cfg.sampler)
     metrics, images, classes = evaluate(pipe, cfg.eval, sampler, int(cfg.sampler.seed))
@@ -333,10 +345,16 @@ def eval_task(cfg: DictConfig) -> str:
 
 
 def run(cfg: DictConfig) -> Path:
+    validate_eval(cfg, eval_task(cfg))
     if eval_task(cfg) == "tokenizer":
         from grn.entrypoints.eval_tokenizer import run_tokenizer
 
         return run_tokenizer(cfg)
+    from torchvision.utils import save_image
+
+    from grn.io import atomic_write_json
+    from grn.pipeline import GRNPipeline
+
     rank, world, device = init_distributed(str(cfg.device))
     pipe = GRNPipeline.from_checkpoint(
         cfg.ckpt, tokenizer_ckpt=cfg.tokenizer_ckpt, ema=cfg.ema, device=device
@@ -362,6 +380,7 @@ def run(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@cli_errors
 def main(cfg: DictConfig) -> float | None:
     out = run(cfg)
     key = cfg.get("sweep_metric")

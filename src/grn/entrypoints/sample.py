@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 from omegaconf import DictConfig, OmegaConf
-from torchvision.utils import save_image
 
 from grn.entrypoints.common import CONF_DIR
-from grn.pipeline import GRNPipeline
+from grn.entrypoints.errors import cli_errors
+from grn.entrypoints.validate import validate_sample
 
 log = logging.getLogger("grn.sample")
 
@@ -38,7 +38,7 @@ def load_picture(path: str | Path, size: int, grey: bool = False) -> torch.Tenso
         raise FileNotFoundError(f"image not found: {path}")
     try:
         img = Image.open(path).convert("L" if grey else "RGB")
-    except OSError as err:
+    except (OSError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read {path} as an image: {err}") from err
     x = torch.from_numpy(np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0)
     x = x.unsqueeze(0) if grey else x.permute(2, 0, 1)
@@ -62,6 +62,10 @@ def write_mp4(videos: torch.Tensor, path: Path, fps: float, nrow: int) -> Path:
 
 
 def run_text(cfg: DictConfig) -> Path:
+    from torchvision.utils import save_image
+
+    from grn.pipeline import GRNPipeline
+
     prompts = [str(p) for p in cfg.prompts]
     if not prompts:
         raise ValueError("prompts is empty: give at least one caption, e.g. prompts='[\"a red apple\"]'")
@@ -91,13 +95,14 @@ def run_text(cfg: DictConfig) -> Path:
 
 
 def run(cfg: DictConfig) -> Path:
+    validate_sample(cfg)
     if cfg.get("prompts"):
         return run_text(cfg)
-    classes = [int(c) for c in cfg.classes]
-    if not classes:
-        raise ValueError("classes is empty: give at least one class id, e.g. classes=[3,3,7]")
-    if (cfg.init is None) != (cfg.mask is None):
-        raise ValueError("region re-generation needs both init=<image> and mask=<png>")
+    from torchvision.utils import save_image
+
+    from grn.pipeline import GRNPipeline
+
+    classes = [int(c) for c in cfg.classes]  # whole numbers (validated)
     pipe = GRNPipeline.from_checkpoint(cfg.ckpt, tokenizer_ckpt=cfg.tokenizer_ckpt, ema=cfg.ema, device=cfg.device)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     sampler.pop("seed", None)
@@ -115,6 +120,7 @@ def run(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
+@cli_errors
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -11,29 +11,29 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from grn.callbacks.progress import StepProgressBar
-from grn.callbacks.requeue import SlurmRequeue, in_slurm_batch_job
-from grn.distributed.checkpoint_io import AtomicCheckpointIO
-from grn.distributed.resume import ExactResume
-from grn.entrypoints.common import CONF_DIR, is_checkpoint, newest_checkpoint, quiet_warnings
-from grn.entrypoints.loggers import build_loggers
+from grn.entrypoints.common import (
+    CONF_DIR,
+    checkpoint_problem,
+    newest_checkpoint,
+    quiet_warnings,
+    remove_stale_temp_files,
+)
+from grn.entrypoints.errors import ConfigError, cli_errors
+from grn.entrypoints.validate import validate_train
+
+if TYPE_CHECKING:  # Lightning and the modules are imported once the config is validated (fast one-line errors)
+    import lightning as L
 
 log = logging.getLogger("grn.train")
 
 # Stages run in this order when a task defines several of them.
 PIPELINE_ORDER = ("tokenizer", "c2i", "t2i", "t2v")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message says what to change."""
 
 
 def stage_names(cfg: DictConfig) -> list[str]:
@@ -51,7 +51,7 @@ def stage_names(cfg: DictConfig) -> list[str]:
 
 
 def validate(cfg: DictConfig) -> list[str]:
-    """Check the config before any heavy work; returns the stages to run."""
+    """Check the config before any heavy work (:mod:`grn.entrypoints.validate`); returns the stages to run."""
     names = stage_names(cfg)
     for name in names:
         stage = cfg.stages[name]
@@ -64,9 +64,16 @@ def validate(cfg: DictConfig) -> list[str]:
                 f"stage {name!r} needs a trained tokenizer but {ckpt} does not exist: train it in the same run "
                 f"(task with a tokenizer stage) or set stages.{name}.tokenizer_ckpt=<path>"
             )
-    if cfg.ckpt_path not in (None, "auto") and not is_checkpoint(cfg.ckpt_path):
+        problem = checkpoint_problem(ckpt) if ckpt is not None and "tokenizer" not in names else None
+        if problem:
+            raise ConfigError(f"stages.{name}.tokenizer_ckpt={ckpt} is unusable: {problem}")
+    if cfg.get("report") and "c2i" not in names:
+        raise ConfigError("report=true needs a c2i stage in this run: choose a task with one, or report=false")
+    validate_train(cfg, names)
+    problem = checkpoint_problem(cfg.ckpt_path) if cfg.ckpt_path not in (None, "auto") else None
+    if problem:
         raise ConfigError(
-            f"ckpt_path={cfg.ckpt_path} is not a checkpoint "
+            f"ckpt_path={cfg.ckpt_path} is not a checkpoint: {problem} "
             "(use auto, null, a .ckpt file or a complete sharded .ckpt folder)"
         )
     return names
@@ -80,6 +87,10 @@ def resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
 
 
 def build_callbacks(cfg: DictConfig, name: str, ckpt_dir: Path) -> list[L.Callback]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from grn.callbacks.progress import StepProgressBar
+
     callbacks = []
     for conf in (cfg.get("callbacks") or {}).values():
         if conf is None:  # a callback switched off with callbacks.<name>=null
@@ -95,6 +106,8 @@ def build_callbacks(cfg: DictConfig, name: str, ckpt_dir: Path) -> list[L.Callba
 
 def requeue_enabled(cfg: DictConfig) -> bool:
     """``requeue: auto`` means: inside a SLURM batch job."""
+    from grn.callbacks.requeue import in_slurm_batch_job
+
     setting = cfg.get("requeue", "auto")
     return in_slurm_batch_job() if setting == "auto" else bool(setting)
 
@@ -110,6 +123,8 @@ def trainer_kwargs(cfg: DictConfig, module: L.LightningModule) -> dict[str, Any]
             kwargs["strategy"] = instantiate(strategy, find_unused_parameters=True)
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+    from grn.distributed.checkpoint_io import AtomicCheckpointIO
+
     if not cfg.trainer.get("plugins"):
         # checkpoint files are written under a temporary name and renamed (a kill never leaves half a file)
         kwargs["plugins"] = [AtomicCheckpointIO()]
@@ -121,6 +136,10 @@ def trainer_kwargs(cfg: DictConfig, module: L.LightningModule) -> dict[str, Any]
 
 def train_stage(cfg: DictConfig, name: str) -> Path | None:
     """Train one stage; returns its last checkpoint, or None if the job was pre-empted and requeued."""
+    from grn.callbacks.requeue import SlurmRequeue
+    from grn.distributed.resume import ExactResume
+    from grn.entrypoints.loggers import build_loggers
+
     stage = cfg.stages[name]
     stage_dir = Path(cfg.paths.run_dir) / name
     ckpt_dir = stage_dir / "checkpoints"
@@ -147,6 +166,7 @@ def train_stage(cfg: DictConfig, name: str) -> Path | None:
         default_root_dir=str(stage_dir),
         **trainer_kwargs(cfg, module),
     )
+    remove_stale_temp_files(ckpt_dir)  # a killed save's temporary file; nothing writes there yet
     resume = resume_path(cfg, ckpt_dir)
     if resume:
         log.info("stage %s: resuming from %s", name, resume)
@@ -180,9 +200,11 @@ def save_final_checkpoint(trainer: L.Trainer, path: Path) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train the configured stages (and the report, if asked); returns ``{stage: last checkpoint, ...}``."""
+    names = validate(cfg)
+    import lightning as L
+
     if cfg.extras.get("ignore_warnings"):
         quiet_warnings()
-    names = validate(cfg)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.extras.get("print_config"):
@@ -206,14 +228,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from grn.entrypoints.console import stage_banner
         from grn.entrypoints.eval import report
 
-        if "c2i" not in results:
-            raise ConfigError("report: true needs a c2i stage in this run")
         stage_banner(len(names) + 1, len(names) + 1, "report", run_dir)
         results["metrics"] = report(cfg, results["c2i"], run_dir, train_seconds=results)
     return results
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@cli_errors
 def main(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg.paths.run_dir = str(Path(cfg.paths.run_dir).resolve())

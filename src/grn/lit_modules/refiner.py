@@ -97,12 +97,17 @@ def load_refiner_net(ckpt_path: str | Path, ema: str | None = "ema1", map_locati
     network registered as ``kind`` (:func:`grn.checkpoints.build_from_config`; else ``UnsafeCheckpointError``)."""
     from grn.checkpoints import build_from_config, read_checkpoint
     from grn.distributed.export import EXPORT_KEY
+    from grn.io import require_checkpoint_file
 
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} checkpoint not found: {path}")
+    path = require_checkpoint_file(ckpt_path, what)
     ckpt = read_checkpoint(path, map_location=map_location)
-    hp = ckpt["hyper_parameters"]
+    hp = (ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
+    if "net" not in hp:
+        if "tokenizer" in hp:
+            raise ValueError(f"{path} is a tokenizer checkpoint, not a {what} one: give the .ckpt of a {what} run "
+                             "(a tokenizer checkpoint goes to tokenizer_ckpt)")
+        raise ValueError(f"{path} is not a {what} checkpoint of grn (no hyper_parameters.net): give the .ckpt of a "
+                         f"{what} run (official files: scripts/convert_official.py)")
     net = build_from_config(hp["net"], {kind}, path, "hyper_parameters.net")
     state = ckpt["state_dict"]
     net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})

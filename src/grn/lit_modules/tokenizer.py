@@ -285,10 +285,13 @@ class TokenizerLitModule(CheckedLoad, L.LightningModule):
         (:func:`grn.checkpoints.build_from_config`, else ``UnsafeCheckpointError``). An official release
         checkpoint (a dict with ``ema`` / ``vae``) is recognised and loaded strictly.
         """
+        from grn.io import require_checkpoint_file
+
         if not os.path.isfile(ckpt_path):
             raise FileNotFoundError(
                 f"tokenizer checkpoint not found: {ckpt_path} (pass the .ckpt of a tokenizer run)"
             )
+        require_checkpoint_file(ckpt_path, "tokenizer")
         ckpt = read_checkpoint(ckpt_path, map_location=map_location)
         if "hyper_parameters" not in ckpt and ("ema" in ckpt or "vae" in ckpt):
             # an official release file (facts §2.4): its ``ema`` weights are the only ones it has
@@ -298,8 +301,10 @@ class TokenizerLitModule(CheckedLoad, L.LightningModule):
         try:
             cfg = ckpt["hyper_parameters"]["tokenizer"]
         except KeyError as err:
+            kind_of = "a generator checkpoint, " if "net" in (ckpt.get("hyper_parameters") or {}) else ""
             raise ValueError(
-                f"{ckpt_path} is not a TokenizerLitModule checkpoint (no hyper_parameters.tokenizer)"
+                f"{ckpt_path} is {kind_of}not a TokenizerLitModule checkpoint (no hyper_parameters.tokenizer): "
+                "give the .ckpt of a tokenizer run"
             ) from err
         tok = build_from_config(cfg, {"tokenizer"}, ckpt_path, "hyper_parameters.tokenizer")
         state = ckpt["state_dict"]
