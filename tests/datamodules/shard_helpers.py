@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
 
+from grn.datamodules.bad_samples import BAD_REASONS
 from grn.datamodules.builtin import load_digits_split
 
 
@@ -18,6 +21,42 @@ def digit_png_samples(n: int, start: int = 0):
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="PNG")
         yield {"__key__": f"d{i:06d}", "png": buf.getvalue(), "cls": int(y[i])}
+
+
+def bad_counts(**nonzero: int) -> dict[str, int]:
+    """Every bad-sample reason with its count: ``nonzero`` ones as given, the rest 0 (``dm.bad_samples`` lists
+    them all)."""
+    unknown = set(nonzero) - set(BAD_REASONS)
+    assert not unknown, f"not bad-sample reasons: {unknown}"
+    return {r: nonzero.get(r, 0) for r in BAD_REASONS}
+
+
+def read_all(dm) -> tuple[list[str], dict[str, int]]:
+    """One pass over ``dm``'s train loader: the keys of every batch, in order, and the non-zero bad-sample counts."""
+    keys = [k for batch in dm.train_dataloader() for k in dm.record(batch)["key"]]
+    return keys, {r: n for r, n in dm.bad_samples.items() if n}
+
+
+def png_bytes(width: int, height: int, header_only: bool = False) -> bytes:
+    """A black RGB PNG of ``width x height``, compressed row by row (a 12000² image costs kilobytes, never its
+    pixels). ``header_only``: the image data holds one row, so the header claims far more than the file has."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    comp, row, rows = zlib.compressobj(9), bytes(1 + 3 * width), []
+    for _ in range(1 if header_only else height):
+        rows.append(comp.compress(row))
+    data = b"".join(rows) + comp.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def tiny_mp4(num_frames: int = 12, fps: float = 12, size: tuple[int, int] = (16, 16)) -> bytes:
+    """A small real mp4: frame i is a flat grey of value 10·i."""
+    from grn.datamodules.video import encode_mp4
+
+    frames = np.stack([np.full((*size, 3), 10 * i, np.uint8) for i in range(num_frames)])
+    return encode_mp4(frames, fps)
 
 
 def tiny_tokenizer_ckpt(path, seed: int = 0, config: str = "tiny"):

@@ -14,7 +14,7 @@ from grn.datamodules.images import ImageShardDataModule
 from grn.datamodules.video import VideoShardDataModule, encode_mp4
 from grn.datamodules.writers import write_shards
 
-from shard_helpers import digit_png_samples, key_recorder
+from shard_helpers import bad_counts, digit_png_samples, key_recorder
 
 
 def _trainer(tmp_path, **kw):
@@ -48,8 +48,7 @@ def test_each_bad_kind_is_counted_exactly_and_training_continues(tmp_path):
     _trainer(tmp_path, max_epochs=1, callbacks=[BadSampleLogger()], log_every_n_steps=1).fit(model, datamodule=dm)
     # every good sample before the damage was trained on: 10 from shard a, 5 from the truncated shard b
     assert sorted(model.keys) == sorted([f"d{i:06d}" for i in range(15)])
-    assert dm.bad_samples == {"truncated_tar": 1, "decode_image": 1, "decode_video": 0, "missing_key": 1,
-                              "wrong_type": 1, "too_short": 0}
+    assert dm.bad_samples == bad_counts(truncated_tar=1, decode_image=1, missing_key=1, wrong_type=1)
     # ... and the counts reached the logger as data/bad_<reason>
     logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
     header, last = logged[0].split(","), logged[-1].split(",")
@@ -65,8 +64,7 @@ def test_counts_are_summed_over_workers_and_survive_resume(tmp_path):
     dm = ImageShardDataModule(**kw)
     for batch in dm.train_dataloader():
         dm.record(batch)
-    assert dm.bad_samples == {"truncated_tar": 1, "decode_image": 1, "decode_video": 0, "missing_key": 1,
-                              "wrong_type": 1, "too_short": 0}
+    assert dm.bad_samples == bad_counts(truncated_tar=1, decode_image=1, missing_key=1, wrong_type=1)
     # a second epoch adds the same again
     for batch in dm.train_dataloader():
         dm.record(batch)
@@ -87,8 +85,7 @@ def test_undecodable_video_and_wrong_json_are_counted(tmp_path):
     model = key_recorder()
     _trainer(tmp_path, max_epochs=1).fit(model, datamodule=dm)
     assert sorted(model.keys) == ["v0", "v1", "v2", "v3"]
-    assert dm.bad_samples == {"truncated_tar": 0, "decode_image": 0, "decode_video": 1, "missing_key": 1,
-                              "wrong_type": 1, "too_short": 0}
+    assert dm.bad_samples == bad_counts(decode_video=1, missing_key=1, wrong_type=1)
 
 
 def test_logging_is_rate_limited(caplog):
@@ -117,5 +114,5 @@ def test_counts_are_exact_across_a_resume(tmp_path, stop):
     resumed.load_state_dict(first.state_dict())
     keys += [k for b in resumed.train_dataloader() for k in resumed.record(b)["key"]]
     assert keys == full_keys
-    assert resumed.bad_samples == full.bad_samples == {"truncated_tar": 1, "decode_image": 1, "decode_video": 0,
-                                                       "missing_key": 1, "wrong_type": 1, "too_short": 0}
+    assert resumed.bad_samples == full.bad_samples == bad_counts(truncated_tar=1, decode_image=1, missing_key=1,
+                                                                 wrong_type=1)

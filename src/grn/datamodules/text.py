@@ -15,18 +15,24 @@ is cached (:mod:`grn.datamodules.text_tokens`) and the choice is made again at e
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from typing import Any
 
-import av
 import numpy as np
 
-from grn.datamodules.bad_samples import BadSample
+from grn.datamodules.bad_samples import BadSample, Limits
 from grn.datamodules.buckets import H_DIV_W_TEMPLATES, BucketBatcher, bucket_pixels, nearest_template
 from grn.datamodules.images import decode_image, to_tensor
-from grn.datamodules.video import check_num_frames, clip_from_sample, probe_video, resize_cover_crop, sample_meta
+from grn.datamodules.video import (
+    check_num_frames,
+    clip_from_sample,
+    frame_range,
+    meta_number,
+    probe_video,
+    resize_cover_crop,
+    sample_meta,
+)
 from grn.datamodules.wds import Batcher, ShardDataModule
 
 __all__ = ["TextImageDataModule", "TextVideoDataModule", "caption_candidates", "image_caption", "video_caption"]
@@ -89,14 +95,14 @@ def caption_fields(kind: str, meta: dict[str, Any]) -> str:
 
 class TextImageDecoder:
     def __init__(self, pn: str | int, stride: int, short_caption_prob: float, templates: tuple[float, ...],
-                 with_fields: bool = False):
+                 with_fields: bool = False, limits: Limits = Limits()):
         self.pn, self.stride, self.short_caption_prob, self.templates = pn, stride, short_caption_prob, templates
-        self.with_fields = with_fields
+        self.with_fields, self.limits = with_fields, limits
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         meta = sample_meta(sample)
         caption = image_caption(meta, rng, self.short_caption_prob)
-        image = decode_image(sample)
+        image = decode_image(sample, self.limits)
         ratio = nearest_template(image.height / image.width, self.templates)
         size = bucket_pixels(ratio, self.pn, self.stride)
         pixels = resize_cover_crop(to_tensor(np.asarray(image))[None], size)[0]  # [3, H, W]
@@ -121,10 +127,11 @@ def clip_frames(seconds: float, fps: float, max_frames: int, min_duration: float
 class TextVideoDecoder:
     def __init__(self, pn: str | int, stride: int, num_frames: int, fps: float, templates: tuple[float, ...],
                  with_fields: bool = False, durations: str = "fixed", min_duration: float = 1.0,
-                 duration_resolution: float = 1.0):
+                 duration_resolution: float = 1.0, limits: Limits = Limits()):
         self.pn, self.stride, self.templates, self.with_fields = pn, stride, templates, with_fields
         self.num_frames, self.fps = check_num_frames(num_frames), float(fps)
         self.durations, self.min_duration, self.duration_resolution = durations, min_duration, duration_resolution
+        self.limits = limits
 
     def _frames(self, sample: dict[str, Any], meta: dict[str, Any]) -> tuple[int, float]:
         """``(frames, frame rate)`` of this sample's clip. Per-clip durations round to whole seconds, which can be
@@ -133,16 +140,11 @@ class TextVideoDecoder:
         if self.durations == "fixed":
             return self.num_frames, self.fps
         if "begin_frame_id" in meta and "end_frame_id" in meta and meta.get("fps"):
-            src_fps = float(meta["fps"])
-            seconds = (float(meta["end_frame_id"]) - float(meta["begin_frame_id"])) / src_fps
+            begin, end, src_fps = frame_range(meta)
+            seconds = end - begin
         else:
-            try:
-                info = probe_video(bytes(sample["mp4"]))
-            except KeyError:
-                raise BadSample("missing_key", f"no mp4 among {sorted(sample)}") from None
-            except (av.FFmpegError, IndexError, ValueError, OSError, ZeroDivisionError) as err:
-                raise BadSample("decode_video", f"{type(err).__name__}: {err}") from None
-            seconds, src_fps = float(info["duration"]), float(info["fps"])
+            info = probe_video(_mp4(sample))
+            seconds, src_fps = info["duration"], info["fps"]
         frames = clip_frames(seconds, self.fps, self.num_frames, self.min_duration, self.duration_resolution)
         last = seconds - 1.0 / src_fps  # time of the last source frame after the first
         rate = self.fps if (frames - 1) / self.fps <= last else (frames - 1) / max(last, 1e-6)
@@ -152,13 +154,16 @@ class TextVideoDecoder:
         meta = sample_meta(sample)
         caption = video_caption(meta, rng)
         if "height" in meta and "width" in meta:
-            h_div_w = float(meta["height"]) / float(meta["width"])
+            h_div_w = meta_number(meta, "height", positive=True) / meta_number(meta, "width", positive=True)
+            if not 0 < h_div_w < float("inf"):
+                raise BadSample("bad_value", f"json height/width = {h_div_w}")
         else:
-            h_div_w = self._probe_ratio(sample)
+            info = probe_video(_mp4(sample), self.limits)
+            h_div_w = info["height"] / info["width"]
         ratio = nearest_template(h_div_w, self.templates)
         size = bucket_pixels(ratio, self.pn, self.stride)
         frames, rate = self._frames(sample, meta)
-        video = clip_from_sample(sample, meta, frames, rate, size, rng, flip=False)
+        video = clip_from_sample(sample, meta, frames, rate, size, rng, flip=False, limits=self.limits)
         # a batch holds one shape: the bucket is the aspect ratio and, with per-clip durations, the frame count
         bucket = ratio if self.durations == "fixed" else (ratio, frames)
         out = {"video": video, "caption": caption, "key": sample["__key__"], "bucket": bucket}
@@ -166,16 +171,11 @@ class TextVideoDecoder:
             out["caption_fields"] = caption_fields("video", meta)
         return out
 
-    @staticmethod
-    def _probe_ratio(sample: dict[str, Any]) -> float:
-        try:
-            with av.open(io.BytesIO(sample["mp4"])) as c:
-                s = c.streams.video[0]
-                return s.height / s.width
-        except KeyError:
-            raise BadSample("missing_key", f"no mp4 among {sorted(sample)}") from None
-        except (av.FFmpegError, IndexError, ZeroDivisionError) as err:
-            raise BadSample("decode_video", f"{type(err).__name__}: {err}") from None
+
+def _mp4(sample: dict[str, Any]) -> Any:
+    if "mp4" not in sample:
+        raise BadSample("missing_key", f"no mp4 among {sorted(sample)}")
+    return sample["mp4"]
 
 
 class _BucketedDataModule(ShardDataModule):
@@ -217,7 +217,8 @@ class TextImageDataModule(_BucketedDataModule):
         self.short_caption_prob = float(short_caption_prob)
 
     def decoder(self, split: str) -> TextImageDecoder:
-        return TextImageDecoder(self.pn, self.stride, self.short_caption_prob, self.templates, self.with_fields)
+        return TextImageDecoder(self.pn, self.stride, self.short_caption_prob, self.templates, self.with_fields,
+                                self.limits)
 
 
 class TextVideoDataModule(_BucketedDataModule):
@@ -254,5 +255,5 @@ class TextVideoDataModule(_BucketedDataModule):
 
     def decoder(self, split: str) -> TextVideoDecoder:
         return TextVideoDecoder(self.pn, self.stride, self.num_frames, self.fps, self.templates, self.with_fields,
-                                self.durations, self.min_duration, self.duration_resolution)
+                                self.durations, self.min_duration, self.duration_resolution, self.limits)
 

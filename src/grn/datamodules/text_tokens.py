@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import random
 from collections.abc import Iterator
@@ -60,11 +61,29 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _load_npy(data: bytes) -> np.ndarray:
+def _load_npy(data: bytes, dtype: np.dtype | None = None) -> np.ndarray:
+    """An ``.npy`` payload as a read-only array over ``data``: its header is read first, and an array whose
+    header does not match its byte count, or of another dtype than ``dtype``, raises ``wrong_type`` — nothing is
+    allocated from what a damaged header claims."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise BadSample("wrong_type", f"text features are a {type(data).__name__}, not bytes")
+    f = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise BadSample("wrong_type", f"text features do not load: {err}") from None
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            raise ValueError(f"npy version {version}")
+        shape, fortran, found = read_header[version](f)
+    except Exception as err:  # noqa: BLE001 - numpy parses the header with tokenize and ast: TokenError, ...
+        raise BadSample("wrong_type", f"text features do not load: {type(err).__name__}: {err}") from None
+    allowed = [dtype] if dtype is not None else [np.dtype(t) for t in _DTYPES.values()]
+    if found not in allowed or fortran:
+        raise BadSample("wrong_type", f"text features of dtype {found}{' (Fortran order)' if fortran else ''}, "
+                                      f"expected {dtype}")
+    count = math.prod(shape)
+    if count * found.itemsize != len(data) - f.tell():
+        raise BadSample("wrong_type", f"text features of shape {shape} do not fill {len(data) - f.tell()} bytes")
+    return np.frombuffer(data, dtype=found, count=count, offset=f.tell()).reshape(shape)
 
 
 def _encoder_spec(text_encoder: dict[str, Any]) -> dict[str, Any]:
@@ -163,33 +182,53 @@ class TextTokenDecoder:
     """``tok`` + ``json`` + ``text.npy`` → ``{"tokens", "text" [L, D], "caption", "key", "bucket"}``; the caption
     is drawn with the official rules from the cached candidates; the bucket is the token shape."""
 
-    def __init__(self, kind: str, short_caption_prob: float) -> None:
+    def __init__(self, kind: str, short_caption_prob: float, meta: dict[str, Any] | None = None) -> None:
         self.kind, self.short_caption_prob = kind, float(short_caption_prob)
+        meta = meta or {}
+        self.hbq_rounds, self.latent_dim = meta.get("hbq_rounds"), meta.get("latent_dim")
+        self.text_dim = meta.get("text_dim")
+        self.dtype = np.dtype(_DTYPES[meta["text_dtype"]]) if meta.get("text_dtype") in _DTYPES else None
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         for name in ("tok", "json", "text.npy"):
             if name not in sample:
                 raise BadSample("missing_key", f"no {name} among {sorted(sample)}")
-        tokens = unpack_tokens(sample["tok"])
-        try:
-            info = json.loads(sample["json"])
-            fields, captions, lens = info["fields"], info["captions"], info["lens"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise BadSample("wrong_type", f"text cache json: {err}") from None
+        tokens = unpack_tokens(sample["tok"], self.hbq_rounds, self.latent_dim)
+        fields, captions, lens = _cached_captions(sample["json"])
         if self.kind == "image":
             caption = image_caption(fields, rng, self.short_caption_prob)
         else:
             caption = video_caption(fields, rng)
         if caption not in captions:
             raise BadSample("wrong_type", f"caption {caption[:40]!r} is not among the cached ones")
-        feats = _load_npy(sample["text.npy"])
-        if feats.ndim != 2 or feats.shape[0] != sum(lens):
-            raise BadSample("wrong_type", f"text features of shape {feats.shape} do not hold lengths {lens}")
+        feats = _load_npy(sample["text.npy"], self.dtype)
+        if feats.ndim != 2 or feats.shape[0] != sum(lens) or (self.text_dim and feats.shape[1] != self.text_dim):
+            raise BadSample("wrong_type", f"text features of shape {feats.shape} do not hold lengths {lens} x "
+                                          f"text_dim={self.text_dim}")
+        if not np.isfinite(feats).all():
+            raise BadSample("bad_value", "text features hold NaN or inf")
         i = captions.index(caption)
         start = sum(lens[:i])
         text = torch.from_numpy(np.array(feats[start : start + lens[i]]))  # a copy: the bytes buffer is read-only
         return {"tokens": tokens, "text": text, "caption": caption, "key": sample["__key__"],
                 "bucket": tuple(tokens.shape)}
+
+
+def _cached_captions(data: Any) -> tuple[dict[str, Any], list[str], list[int]]:
+    """``(fields, captions, lens)`` of a text cache sample's ``json``; ``wrong_type`` / ``bad_value`` where they are
+    not a dict, a list of strings and as many positive integers."""
+    try:
+        info = json.loads(data)
+        fields, captions, lens = info["fields"], info["captions"], info["lens"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as err:
+        raise BadSample("wrong_type", f"text cache json: {type(err).__name__}: {str(err)[:80]}") from None
+    if not isinstance(fields, dict) or not isinstance(captions, list) or not isinstance(lens, list) \
+            or not all(isinstance(c, str) for c in captions) \
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in lens):
+        raise BadSample("wrong_type", "text cache json: fields, captions, lens are not a dict, strings, integers")
+    if len(lens) != len(captions) or not captions or min(lens) < 1:
+        raise BadSample("bad_value", f"text cache json: {len(captions)} captions with lengths {lens[:8]}")
+    return fields, captions, lens
 
 
 class TextFeatureBatcher(BucketBatcher):
@@ -223,7 +262,11 @@ class TextTokenShardDataModule(CacheShardDataModule):
     def __init__(self, cache: str, short_caption_prob: float = 0.2, **kwargs) -> None:
         super().__init__(cache, **kwargs)
         self.short_caption_prob = float(short_caption_prob)
-        self.null_text = torch.from_numpy(np.load(self.cache / "null.npy", allow_pickle=False))
+        try:
+            self.null_text = torch.from_numpy(np.load(self.cache / "null.npy", allow_pickle=False))
+        except Exception as err:  # noqa: BLE001 - missing, cut or damaged: one line saying what to do
+            raise ValueError(f"{self.cache / 'null.npy'} does not load ({type(err).__name__}: {err}); delete the "
+                             "cache folder to rebuild it") from None
 
     @property
     def kind(self) -> str:
@@ -231,7 +274,7 @@ class TextTokenShardDataModule(CacheShardDataModule):
         return str(self.meta["kind"])
 
     def decoder(self, split: str) -> TextTokenDecoder:
-        return TextTokenDecoder(self.kind, self.short_caption_prob)
+        return TextTokenDecoder(self.kind, self.short_caption_prob, self.meta)
 
     def batcher(self, split: str) -> TextFeatureBatcher:
         return TextFeatureBatcher(self.batch_size, self.drop_last if split == "train" else False, self.null_text)

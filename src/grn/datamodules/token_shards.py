@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import random
 import struct
@@ -61,15 +62,29 @@ def pack_tokens(index: torch.Tensor, hbq_rounds: int) -> bytes:
     return header + np.packbits(bits.reshape(-1)).tobytes()
 
 
-def unpack_tokens(data: bytes) -> torch.Tensor:
-    """Inverse of :func:`pack_tokens`: int64 index labels ``[d, (T,) h, w]``. Bad bytes raise ``BadSample``."""
-    if len(data) < 6 or data[:4] != _MAGIC:
+MAX_SYMBOLS = 1 << 24  # tokens of one sample (81 frames at 2M pixels: 64 x 21 x 68 x 120 = 11M)
+
+
+def unpack_tokens(data: bytes, hbq_rounds: int | None = None, latent_dim: int | None = None,
+                  max_symbols: int = MAX_SYMBOLS) -> torch.Tensor:
+    """Inverse of :func:`pack_tokens`: int64 index labels ``[d, (T,) h, w]``. Bad bytes raise ``BadSample``
+    (``wrong_type``), as do tokens of another M than ``hbq_rounds`` or another d than ``latent_dim`` (when given);
+    more than ``max_symbols`` tokens raise ``too_large`` before anything is unpacked."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) < 6 or data[:4] != _MAGIC:
         raise BadSample("wrong_type", "token payload does not start with the GRNT header")
     rounds, ndim = data[4], data[5]
-    if len(data) < 6 + 4 * ndim or not 1 <= rounds <= 16:
+    if len(data) < 6 + 4 * ndim or not 1 <= rounds <= 16 or not 1 <= ndim <= 8:
         raise BadSample("wrong_type", f"token header is damaged (M={rounds}, ndim={ndim})")
+    if hbq_rounds is not None and rounds != hbq_rounds:
+        raise BadSample("wrong_type", f"tokens of M={rounds} in a cache of M={hbq_rounds}")
     shape = struct.unpack_from(f"<{ndim}I", data, 6)
-    count = rounds * int(np.prod(shape))
+    if min(shape) < 1:
+        raise BadSample("wrong_type", f"token shape {shape} is empty")
+    if latent_dim is not None and shape[0] != latent_dim:
+        raise BadSample("wrong_type", f"tokens of shape {shape} in a cache of latent_dim={latent_dim}")
+    if math.prod(shape) > max_symbols:
+        raise BadSample("too_large", f"tokens of shape {shape}: more than {max_symbols} symbols")
+    count = rounds * math.prod(shape)  # Python ints: a damaged shape cannot overflow into a matching size
     packed = np.frombuffer(data, dtype=np.uint8, offset=6 + 4 * ndim)
     if packed.size != -(-count // 8):
         raise BadSample("wrong_type", f"token payload of {packed.size} bytes does not hold shape {shape} x M={rounds}")
@@ -106,7 +121,13 @@ def read_meta(cache: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(
             f"no complete token cache at {cache} (meta.json missing); build it with scripts/cache_tokens.py"
         )
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete the cache folder to rebuild it") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("splits"), dict):
+        raise ValueError(f"{path} has no 'splits' object; delete the cache folder to rebuild it")
+    return meta
 
 
 # ------------------------------------------------------------------------------------------------- writing
@@ -160,15 +181,16 @@ def write_token_cache(
 class TokenDecoder:
     """``tok`` (+ ``tokflip``) + ``cls`` → ``{"tokens", "label", "key"}``; picklable."""
 
-    def __init__(self, flip: bool, num_classes: int | None, token_shape: list[int] | None) -> None:
-        self.flip, self.num_classes = flip, num_classes
+    def __init__(self, flip: bool, num_classes: int | None, token_shape: list[int] | None,
+                 hbq_rounds: int | None = None) -> None:
+        self.flip, self.num_classes, self.hbq_rounds = flip, num_classes, hbq_rounds
         self.token_shape = tuple(token_shape) if token_shape else None
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         name = "tokflip" if self.flip and "tokflip" in sample and rng.random() < 0.5 else "tok"
         if name not in sample:
             raise BadSample("missing_key", f"no tok among {sorted(sample)}")
-        tokens = unpack_tokens(sample[name])
+        tokens = unpack_tokens(sample[name], self.hbq_rounds)
         if self.token_shape is not None and tuple(tokens.shape) != self.token_shape:
             raise BadSample("wrong_type", f"tokens of shape {tuple(tokens.shape)}, cache has {self.token_shape}")
         out = {"tokens": tokens, "key": sample["__key__"]}
@@ -266,7 +288,8 @@ class TokenShardDataModule(CacheShardDataModule):
         return None if n is None else int(n)
 
     def decoder(self, split: str) -> TokenDecoder:
-        return TokenDecoder(self.flip and split == "train", self.num_classes, self.meta.get("token_shape"))
+        return TokenDecoder(self.flip and split == "train", self.num_classes, self.meta.get("token_shape"),
+                            self.meta.get("hbq_rounds"))
 
 
 def iter_tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,

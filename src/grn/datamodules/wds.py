@@ -15,7 +15,9 @@ The pipeline follows open_clip's recipe for cluster training:
   and the buffer holds compressed bytes, not pixels.
 * **Deterministic under a seed**: shard draws, the shuffle buffer and every per-sample random choice (flip, crop,
   clip start) come from ``(seed, epoch, rank, worker[, sample index])``. Same seed → same batches.
-* **Bad samples** are skipped and counted (:mod:`grn.datamodules.bad_samples`).
+* **Bad samples** are skipped and counted (:mod:`grn.datamodules.bad_samples`): damaged shards lose only what the
+  damage touched (:func:`shard_samples` reads every header itself and resynchronises after a bad one; every loss
+  is counted), and samples over the size limits are skipped before they are decoded.
 * **Exact resume**: every batch carries ``batch["_data"]`` — the worker that made it, how many raw samples that
   worker had drawn, the samples still waiting in its batcher, its batch count and bad-sample totals. The DataModule
   (:class:`ShardDataModule`) records this for the batches the trainer actually consumed
@@ -27,12 +29,17 @@ The pipeline follows open_clip's recipe for cluster training:
 
 from __future__ import annotations
 
+import bz2
+import dataclasses
 import glob
+import gzip
 import logging
+import lzma
 import os
 import random
 import re
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -43,7 +50,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
-from grn.datamodules.bad_samples import BAD_REASONS, BadSample, BadSampleCounter
+from grn.datamodules.bad_samples import BAD_REASONS, BadSample, BadSampleCounter, Limits
 
 __all__ = [
     "Batcher",
@@ -102,6 +109,26 @@ def expand_shards(
     return urls, [w / total for w in url_weights]
 
 
+def check_sources_readable(shards: str | Sequence[str]) -> None:
+    """Start-up check: every source of ``shards`` has a shard that opens and starts with a tar header (local files;
+    remote and ``pipe:`` urls are not opened here). Raises ``ValueError`` (one line) naming the source otherwise.
+    Shards are tried in order until one is readable, so a healthy source costs one open."""
+    sources = shards.split("::") if isinstance(shards, str) else [str(s) for s in shards]
+    for pattern in sources:
+        if "://" in pattern or pattern.startswith("pipe:"):
+            continue
+        urls = expand_shards(pattern)[0]
+        first = None
+        for url in urls:
+            why = probe_shard(url)
+            if why is None:
+                break
+            first = first or f"{url}: {why}"
+        else:
+            raise ValueError(f"no readable shard in {pattern!r} ({len(urls)} tried; {first}); rewrite them with "
+                             "scripts/make_shards.py or fix data.*shards")
+
+
 def _seed_of(*parts: int) -> int:
     """A 64-bit seed from integers (SeedSequence mixes them well; ``hash`` of a tuple would correlate)."""
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0])
@@ -116,55 +143,399 @@ def sample_rng(seed: int, epoch: int, rank: int, worker: int, index: int) -> ran
 
 # ------------------------------------------------------------------------------------------------ tar reading
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # "dir/key.ext.more" -> ("dir/key", "ext.more")
+_BLOCK = tarfile.BLOCKSIZE
+_ZERO_BLOCK = bytes(_BLOCK)
+_MAX_EXT_HEADER = 1 << 16  # a pax / GNU long-name record larger than this is damage, not a name
+_CHUNK = 1 << 20           # members over the size limit are skipped in reads of this size
+_COMPRESSED = ((b"\x1f\x8b", "gzip", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
+               (b"BZh", "bzip2", lambda f: bz2.BZ2File(f, mode="rb")),
+               (b"\xfd7zXZ\x00", "xz", lambda f: lzma.LZMAFile(f, mode="rb")))
 
 
-class _TailTracker:
-    """A read-only file wrapper that remembers the last 1,024 bytes read (the tar end-of-archive blocks)."""
+class _StreamError(Exception):
+    """The shard's byte stream failed: ``reason`` is ``truncated_tar`` (it ends early) or ``corrupt_tar``."""
 
-    def __init__(self, f) -> None:
-        self.f, self.tail = f, b""
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+class _Prefixed:
+    """A read-only stream with ``head`` put back in front (the bytes read to recognise a compression)."""
+
+    def __init__(self, head: bytes, f) -> None:
+        self.head, self.f = head, f
 
     def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        if data:
-            self.tail = (self.tail + data[-1024:])[-1024:]
+        if not self.head:
+            return self.f.read(n)
+        if n < 0:
+            out, self.head = self.head + self.f.read(), b""
+            return out
+        out, self.head = self.head[:n], self.head[n:]
+        return out if len(out) == n else out + self.f.read(n - len(out))
+
+    def readable(self) -> bool:
+        return True
+
+
+class _TarStream:
+    """The decompressed bytes of a shard (gzip, bzip2 and xz are recognised by their magic bytes, whatever the
+    file's name), read exactly, with the position; stream failures become :class:`_StreamError`."""
+
+    def __init__(self, raw) -> None:
+        head = raw.read(6)
+        codec = next((c for c in _COMPRESSED if head.startswith(c[0])), None)
+        self.compression = codec[1] if codec else None
+        self.f = codec[2](_Prefixed(head, raw)) if codec else _Prefixed(head, raw)
+        self.pos = 0
+
+    def read(self, n: int) -> bytes:
+        parts, want = [], n
+        try:
+            while want > 0:
+                data = self.f.read(want)
+                if not data:
+                    break
+                parts.append(data)
+                want -= len(data)
+        except (EOFError, zlib.error, lzma.LZMAError, OSError, ValueError) as err:
+            reason = "truncated_tar" if isinstance(err, EOFError) else "corrupt_tar"
+            raise _StreamError(reason, f"{self.compression or 'file'} stream at byte {self.pos + n - want}: "
+                                       f"{type(err).__name__}: {err}") from None
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.pos += len(data)
         return data
 
+    def skip(self, n: int) -> int:
+        """Read and drop ``n`` bytes in bounded chunks; returns how many there were."""
+        done = 0
+        while done < n:
+            data = self.read(min(_CHUNK, n - done))
+            if not data:
+                break
+            done += len(data)
+        return done
 
-def shard_samples(urls: Iterator[str], counter: BadSampleCounter) -> Iterator[dict[str, Any]]:
-    """Samples ``{"__key__", "__url__", ext: bytes}`` of the shards in ``urls``, in file order.
 
-    A shard that cannot be opened or read to its end-of-archive blocks counts once as ``truncated_tar``; its
-    samples before the damage are kept, the one being read when it happened is dropped (it is incomplete).
-    Python's ``tarfile`` takes a file cut at a header boundary for a normal end, so the end-of-archive blocks are
-    checked explicitly.
+def _parse_header(block: bytes) -> tarfile.TarInfo | None:
+    """The tar header in ``block`` (checksum verified by ``tarfile``), or None where it is not one."""
+    try:
+        return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except Exception:  # noqa: BLE001 - any bytes may arrive here; whatever fails to parse is not a header
+        return None
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """``"<len> <key>=<value>\\n"`` records of a pax extended header (ValueError where they do not parse)."""
+    out, pos = {}, 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        if length <= space - pos or pos + length > len(data) or data[pos + length - 1] != 0x0A:
+            raise ValueError(f"pax record of length {length} at {pos}")
+        key, sep, value = data[space + 1 : pos + length - 1].partition(b"=")
+        if not sep:
+            raise ValueError(f"pax record without '=' at {pos}")
+        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def _tar_events(stream: _TarStream, max_member_bytes: int) -> Iterator[tuple]:
+    """The regular files of a tar stream, and its damage, in order:
+
+    * ``("member", name, data)``, or ``("member", name, None, size)`` for a member over ``max_member_bytes``
+      (skipped unread);
+    * ``("damage", start, end)``: bytes ``[start, end)`` held no valid header where one was due (a flipped byte or
+      garbage in a header, zeroed blocks followed by more data); reading resumed at the next valid header, at
+      ``end`` (or the damage ran to the end of the file). Archives concatenated (``cat a.tar b.tar``) read as
+      damage too, and lose nothing but that count;
+    * last, ``("end", reason, detail, headers, boundary)``: ``reason`` None for a clean end of archive, else
+      ``truncated_tar`` / ``corrupt_tar``; ``headers`` counts the valid headers read; ``boundary``: the stream
+      ended or failed where a header was due (the member before it is whole).
+
+    Python's ``tarfile`` takes the first bad header for the end of the archive and drops the rest silently; this
+    reader checks every 512-byte block where a header is due and resynchronises on the next valid one.
     """
-    for url in urls:
-        current: dict[str, Any] | None = None
+    zeros = 0                 # end-of-archive (all-zero) blocks in a row where a header was due
+    bad: int | None = None    # start of the damaged region being skipped
+    headers = 0
+    boundary = True           # the stream is where a header is due
+    name: str | None = None   # from a GNU long-name or pax header, for the next member
+    size: int | None = None   # from a pax header
+    try:
+        while True:
+            at = stream.pos
+            boundary = True
+            block = stream.read(_BLOCK)
+            if len(block) < _BLOCK:
+                if bad is not None:
+                    yield ("damage", bad, at)
+                    yield ("end", "corrupt_tar", f"no valid header from byte {bad} to the end", headers, True)
+                elif zeros and not block:
+                    yield ("end", None, "", headers, True)
+                else:
+                    yield ("end", "truncated_tar", f"file ends at byte {at + len(block)} without the "
+                                                   "end-of-archive blocks (cut short)", headers, not block)
+                return
+            if block == _ZERO_BLOCK:
+                if bad is None:
+                    zeros += 1
+                continue
+            info = _parse_header(block)
+            if info is None:
+                if bad is None:
+                    bad = at - _BLOCK * zeros  # zero blocks then garbage: a zeroed header, not the archive's end
+                continue
+            headers += 1
+            if bad is not None:
+                yield ("damage", bad, at)
+                bad, name, size = None, None, None
+            elif zeros:  # zeroed blocks where a header was due (tarfile would have stopped here, silently)
+                yield ("damage", at - _BLOCK * zeros, at)
+                name, size = None, None
+            zeros = 0
+            boundary = False
+            if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                             tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE):
+                if info.size > _MAX_EXT_HEADER:
+                    bad = at
+                    continue
+                data = stream.read(-(-info.size // _BLOCK) * _BLOCK)[: info.size]
+                if len(data) < info.size:
+                    yield ("end", "truncated_tar", f"file ends inside the header at byte {at}", headers, False)
+                    return
+                try:
+                    if info.type == tarfile.GNUTYPE_LONGNAME:
+                        name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                    elif info.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
+                        records = _pax_records(data)
+                        name = records.get("path", name)
+                        size = int(records["size"]) if "size" in records else size
+                        if size is not None and size < 0:
+                            raise ValueError(f"pax size {size}")
+                except ValueError:
+                    bad = at
+                continue
+            member_name = name if name is not None else info.name
+            member_size = size if size is not None else info.size
+            name = size = None
+            if not (info.isreg() or info.type not in tarfile.SUPPORTED_TYPES):
+                continue  # directories, links, devices: no data blocks
+            padded = -(-member_size // _BLOCK) * _BLOCK
+            sample_file = info.isreg() and info.type != tarfile.GNUTYPE_SPARSE
+            if sample_file and member_size <= max_member_bytes:
+                data = stream.read(member_size)
+                if len(data) < member_size or stream.skip(padded - member_size) < padded - member_size:
+                    yield ("end", "truncated_tar", f"file ends inside {member_name} (at byte {stream.pos})",
+                           headers, False)
+                    return
+                yield ("member", member_name, data)
+            else:
+                if stream.skip(padded) < padded:
+                    yield ("end", "truncated_tar", f"file ends inside {member_name} (at byte {stream.pos})",
+                           headers, False)
+                    return
+                if sample_file:
+                    yield ("member", member_name, None, member_size)
+    except _StreamError as err:
+        if bad is not None:
+            yield ("damage", bad, stream.pos)
+        yield ("end", err.reason, err.detail, headers, boundary and bad is None)
+
+
+class _ShardReader:
+    """Groups the members of one shard into samples ``{"__key__", "__url__", ext: bytes}`` and counts every sample
+    lost on the way (see :func:`shard_samples`)."""
+
+    def __init__(self, url: str, counter: BadSampleCounter, max_member_bytes: int) -> None:
+        self.url, self.counter, self.max_member_bytes = url, counter, int(max_member_bytes)
+        self.current: dict[str, Any] | None = None
+        self.drop: tuple[str, str] | None = None      # (reason, detail): the current sample is to be skipped
+        self.seen: set[str] = set()                   # keys of this shard so far
+        self.usual: frozenset[str] | None = None      # the members of the last intact sample
+        self.region: dict | None = None               # the damaged region the current sample follows
+        self.skip_key: str | None = None              # members of a sample already dropped at a damage
+        self.lost = 0
+
+    def lose(self, reason: str, detail: str) -> None:
+        self.lost += 1
+        self.counter.add(reason, detail, shard=self.url)
+
+    def _finish(self) -> dict | None:
+        """End the current sample: the sample to yield, or None where it was dropped (and counted)."""
+        sample, drop, self.current, self.drop = self.current, self.drop, None, None
+        if sample is None:
+            return None
+        key = sample["__key__"]
+        exts = frozenset(k for k in sample if not k.startswith("__"))
+        region, self.region = self.region, None
+        if drop is not None:
+            self.lose(*drop)
+            sample = None
+        elif region is not None and exts != self.usual:  # it may have lost members to the damage before it
+            self.lose("corrupt_tar", f"{key} follows damage at bytes {region['span']}: has {sorted(exts)}, "
+                                     f"the samples before had {sorted(self.usual or ())}")
+            region["lost"] += 1
+            sample = None
+        else:
+            self.usual = exts
+        if region is not None:
+            self._close(region)
+        return sample
+
+    def _close(self, region: dict) -> None:
+        if not region["lost"]:  # no sample next to it is incomplete: a whole sample (or more) was where it is
+            self.lose("corrupt_tar", f"damage at bytes {region['span']}: no sample next to it is incomplete, one "
+                                     "or more were where it is")
+
+    def damage(self, start: int, end: int) -> dict | None:
+        """Damage before the next member: the sample being read is kept only if it has the usual members."""
+        region = {"span": f"{start}-{end}", "lost": 0}
+        out = None
+        if self.current is not None:
+            if self._intact():
+                out = self._finish()
+            else:
+                self.skip_key = self.current["__key__"]
+                self.drop = self.drop or ("corrupt_tar", f"{self.skip_key} is cut by damage at bytes {start}-{end}")
+                region["lost"] += 1
+                if self.region is not None:
+                    self.region["lost"] += 1  # the sample after one damage and before another
+                    self._close(self.region)
+                    self.region = None
+                self.lose(*self.drop)
+                self.current, self.drop = None, None
+        elif self.region is not None:
+            self._close(self.region)
+        self.region = region
+        return out
+
+    def member(self, name: str, data: bytes | None, size: int = 0) -> dict | None:
+        """Add a member; returns the previous sample when this one starts a new sample."""
+        match = _KEY_EXT.match(name)
+        if match is None or os.path.basename(name).startswith("."):
+            return None
+        key, ext = match.group(1), match.group(2).lower()
+        if ext.startswith("__"):
+            return None  # would overwrite __key__ / __url__
+        if key == self.skip_key:
+            return None  # the rest of a sample dropped at a damage
+        self.skip_key = None
+        out = None
+        if self.current is not None and (self.current["__key__"] != key or ext in self.current):
+            out = self._finish()
+        if self.current is None:
+            self.current = {"__key__": key, "__url__": self.url}
+            if key in self.seen:
+                self.drop = ("duplicate_key", f"{key} again (the first one is kept)")
+            self.seen.add(key)
+            if self.region is not None and self.usual is None:
+                self.drop = self.drop or ("corrupt_tar", f"{key} follows damage at bytes {self.region['span']}")
+                self.region["lost"] += 1
+        if data is None and self.drop is None:
+            self.drop = ("too_large", f"{name} holds {size} bytes > data.max_member_bytes={self.max_member_bytes}")
+        self.current[ext] = data
+        return out
+
+    def _intact(self) -> bool:
+        """The current sample has the members of the last intact one (and nothing marks it)."""
+        exts = frozenset(k for k in self.current if not k.startswith("__"))
+        return self.drop is None and self.region is None and self.usual is not None and exts == self.usual
+
+    def end(self, reason: str | None, detail: str, headers: int, boundary: bool) -> dict | None:
+        out = None
+        if reason is None:
+            out = self._finish()
+        elif headers == 0:
+            self.current, self.region = None, None
+            self.lose("unreadable_tar", f"no tar header in it: {detail}")
+        else:
+            lost_current = False
+            if self.current is not None and boundary and self._intact():
+                out = self._finish()  # cut where a header was due, after a sample with the usual members
+            elif self.current is not None:
+                self.current, self.drop, lost_current = None, None, True  # the sample being read is incomplete
+            # one count for the sample being read, or for what a cut or a failed stream took after it; damage that
+            # ran to the end of the file is counted with its region
+            if lost_current or reason == "truncated_tar" or self.region is None:
+                self.lose(reason, detail)
+                if self.region is not None:
+                    self.region["lost"] += 1
+        if self.region is not None:
+            self._close(self.region)
+            self.region = None
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
-            with wds.gopen(url, "rb") as f:
-                tracked = _TailTracker(f)
-                with tarfile.open(fileobj=tracked, mode="r|*") as tar:
-                    for member in tar:
-                        match = _KEY_EXT.match(member.name)
-                        if not member.isreg() or match is None or os.path.basename(member.name).startswith("."):
-                            continue
-                        data = tar.extractfile(member).read()
-                        key, ext = match.group(1), match.group(2).lower()
-                        if current is None or current["__key__"] != key:
-                            if current is not None:
-                                yield current
-                            current = {"__key__": key, "__url__": url}
-                        current[ext] = data
-                    while tracked.read(1 << 16):  # drain the padding, so the tail is the file's end
-                        pass
-                if tracked.tail.count(0) < 1024:
-                    raise tarfile.ReadError("no end-of-archive blocks (file cut short)")
-        except (tarfile.TarError, OSError, EOFError) as err:
-            counter.add("truncated_tar", f"{url}: {type(err).__name__}: {err}")
-            current = None  # the sample being read is incomplete
-        if current is not None:
-            yield current
+            raw = wds.gopen(self.url, "rb")
+        except Exception as err:  # noqa: BLE001 - gopen raises what the opener raises (OSError, ValueError, ...)
+            self.lose("unreadable_tar", f"cannot open: {type(err).__name__}: {err}")
+            return
+        with raw:
+            try:
+                stream = _TarStream(raw)
+            except (OSError, ValueError) as err:
+                self.lose("unreadable_tar", f"cannot read: {type(err).__name__}: {err}")
+                return
+            for event in _tar_events(stream, self.max_member_bytes):
+                out = getattr(self, event[0])(*event[1:])
+                if out is not None:
+                    yield out
+
+
+def shard_samples(urls: Iterator[str], counter: BadSampleCounter, max_member_bytes: int = Limits.max_member_bytes,
+                  max_bad_shards_in_a_row: int | None = 100) -> Iterator[dict[str, Any]]:
+    """Samples ``{"__key__", "__url__", ext: bytes}`` of the shards in ``urls``, in file order; every sample lost
+    on the way is counted in ``counter``, and each damaged shard is logged once, by name.
+
+    * A shard cut short counts ``truncated_tar`` once: the samples before the cut are kept, the one being read is
+      dropped (it may be incomplete).
+    * A damaged header or garbage inside a shard (a flipped byte, an overwritten or zeroed block) does not end it:
+      reading resumes at the next valid header. The sample the damage cut, and the one after it where its members
+      differ from the samples before (it may have lost its first ones), are dropped and counted as
+      ``corrupt_tar``; a damage with no incomplete sample on either side counts once (a whole sample, or more,
+      was where it is; or, rarely, nothing: garbage after the end-of-archive blocks counts too).
+    * A damaged compressed stream ends the shard (gzip cannot resynchronise): ``corrupt_tar`` (``truncated_tar``
+      when it just ends early), once.
+    * A shard that cannot be opened or holds no tar header counts ``unreadable_tar``.
+    * A key the shard already had counts ``duplicate_key`` (whether adjacent or apart; the first one is kept).
+    * A member over ``max_member_bytes`` is skipped unread and its sample counted as ``too_large``.
+
+    Gzip, bzip2 and xz shards are read through their decompressor, so the end-of-archive check sees tar bytes.
+    ``max_bad_shards_in_a_row`` shards in a row that lose samples and yield none stop the stream with one line
+    (resampled shards would otherwise be drawn forever).
+    """
+    bad_in_a_row = 0
+    for url in urls:
+        reader = _ShardReader(url, counter, max_member_bytes)
+        got = 0
+        for sample in reader:
+            got += 1
+            yield sample
+        bad_in_a_row = bad_in_a_row + 1 if reader.lost and not got else 0
+        if max_bad_shards_in_a_row is not None and bad_in_a_row >= max_bad_shards_in_a_row:
+            raise RuntimeError(f"{bad_in_a_row} shards in a row gave no sample (last: {url}; totals "
+                               f"{ {k: v for k, v in counter.counts.items() if v} }): the shards are damaged or "
+                               "unreadable (see the warnings above)")
+
+
+def probe_shard(url: str) -> str | None:
+    """None where ``url`` opens and starts with a tar header (after decompression), else why not (one line)."""
+    try:
+        with wds.gopen(url, "rb") as raw:
+            block = _TarStream(raw).read(_BLOCK)
+    except _StreamError as err:
+        return err.detail
+    except Exception as err:  # noqa: BLE001 - whatever the opener raises
+        return f"{type(err).__name__}: {err}"
+    if block == _ZERO_BLOCK:
+        return "an empty archive"
+    if len(block) < _BLOCK or _parse_header(block) is None:
+        return "not a tar file (no tar header at its start)"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- batching
@@ -226,6 +597,7 @@ class ShardStream(IterableDataset):
         tag: ``"train"`` or ``"val"``, copied into ``batch["_data"]``.
         max_bad_in_a_row: this many bad samples in a row stop the run with an error (all data bad, or a
             setting no sample can meet, would otherwise spin forever on resampled shards).
+        max_member_bytes: tar members larger than this are skipped unread (their sample counts ``too_large``).
 
     Set by the loader before each pass (:meth:`prepare`): ``epoch``, the per-logical-worker resume positions and
     the worker rotation.
@@ -249,6 +621,7 @@ class ShardStream(IterableDataset):
         tag: str = "train",
         log_every_s: float = 60.0,
         max_bad_in_a_row: int = 1000,
+        max_member_bytes: int = Limits.max_member_bytes,
     ) -> None:
         super().__init__()
         if resampled and batches_per_worker is None:
@@ -268,6 +641,7 @@ class ShardStream(IterableDataset):
         self.tag = tag
         self.log_every_s = log_every_s
         self.max_bad_in_a_row = max_bad_in_a_row
+        self.max_member_bytes = int(max_member_bytes)
         self.epoch = 0
         self.resume: dict[int, dict] = {}
         self.rotation = 0
@@ -319,7 +693,7 @@ class ShardStream(IterableDataset):
             return
 
         counter = BadSampleCounter(self.log_every_s, where=f"{self.tag} rank {self.rank} worker {worker}")
-        raw: Iterator[dict] = shard_samples(self._shards(worker, num_workers), counter)
+        raw: Iterator[dict] = shard_samples(self._shards(worker, num_workers), counter, self.max_member_bytes)
         if self.shuffle_buffer > 1:
             rng = random.Random(_seed_of(self.seed, self.epoch, self.rank, worker, 3))
             raw = wds.filters._shuffle(raw, self.shuffle_buffer, self.shuffle_initial, rng=rng)
@@ -447,6 +821,8 @@ class ShardDataModule(L.LightningDataModule):
         seed: everything random in the pipeline derives from it.
         drop_last: drop a final partial batch (finite mode).
         log_every_s: minimum seconds between two bad-sample log lines per worker.
+        max_member_bytes, max_image_pixels, max_frame_pixels, max_aspect_ratio: what one sample may cost
+            (:class:`~grn.datamodules.bad_samples.Limits`); larger samples are skipped and counted.
 
     ``bad_samples`` holds this rank's totals per reason (consumed batches only); ``state_dict`` /
     ``load_state_dict`` carry the data position in Lightning checkpoints.
@@ -467,8 +843,13 @@ class ShardDataModule(L.LightningDataModule):
         drop_last: bool = True,
         pin_memory: bool = False,
         log_every_s: float = 60.0,
+        max_member_bytes: int = Limits.max_member_bytes,
+        max_image_pixels: int = Limits.max_image_pixels,
+        max_frame_pixels: int = Limits.max_frame_pixels,
+        max_aspect_ratio: float = Limits.max_aspect_ratio,
     ) -> None:
         super().__init__()
+        self.limits = Limits(max_member_bytes, max_image_pixels, max_frame_pixels, max_aspect_ratio)
         if resampled and not epoch_samples:
             raise ValueError("data.resampled=true needs data.epoch_samples (samples per epoch over all ranks)")
         if batch_size < 1:
@@ -503,8 +884,11 @@ class ShardDataModule(L.LightningDataModule):
         return Batcher(self.batch_size, drop_last=self.drop_last if split == "train" else False)
 
     def transform_spec(self) -> dict[str, Any]:
-        """What decides a sample's pixels (for token-cache keys); subclasses add their settings."""
-        return {"kind": type(self).__name__, "train": str(self.train_shards), "val": str(self.val_shards)}
+        """What decides a sample's pixels (for token-cache keys); subclasses add their settings. Limits that differ
+        from the defaults are part of it (they decide which samples are there)."""
+        spec = {"kind": type(self).__name__, "train": str(self.train_shards), "val": str(self.val_shards)}
+        changed = {k: v for k, v in dataclasses.asdict(self.limits).items() if v != getattr(Limits, k)}
+        return {**spec, "limits": changed} if changed else spec
 
     def single_pass(self, split: str = "train", batch_size: int | None = None) -> ShardDataModule:
         """A copy that reads ``split`` once, in a fixed order, with no random augmentation and nothing dropped —
@@ -553,8 +937,10 @@ class ShardDataModule(L.LightningDataModule):
             split_samples=not train,
             tag=split,
             log_every_s=self.log_every_s,
+            max_member_bytes=self.limits.max_member_bytes,
         )
         stream.check_shard_count(self.num_workers)
+        check_sources_readable(self.train_shards if train else self.val_shards)
         return stream
 
     def train_dataloader(self) -> DataLoader:

@@ -164,7 +164,8 @@ def iter_jsonl_media(jsonl_paths: Iterable[str | os.PathLike], *, media_root: st
     An ``image_path`` line gives ``{<ext>: bytes, "json": line}``; a ``video_path`` line gives
     ``{"mp4": bytes, "json": line}`` with the frame range kept in the json (the reader seeks into it). Relative
     paths resolve against ``media_root`` (default: the jsonl's folder). Unreadable lines and missing media are
-    skipped and counted in ``stats`` (``bad_json``, ``missing_media``, ``no_media_key``).
+    skipped and counted in ``stats`` (``bad_json``: not a JSON object, ``no_media_key``, ``bad_path``: a path
+    that is not a non-empty string, ``missing_media``).
     """
     stats = stats if stats is not None else {}
     n = 0
@@ -177,20 +178,30 @@ def iter_jsonl_media(jsonl_paths: Iterable[str | os.PathLike], *, media_root: st
                     continue
                 try:
                     meta = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):
+                    meta = None
+                if not isinstance(meta, dict):
                     stats["bad_json"] = stats.get("bad_json", 0) + 1
-                    log.warning("%s:%d is not valid JSON; skipped", jsonl, line_no)
+                    log.warning("%s:%d is not a JSON object; skipped", jsonl, line_no)
                     continue
                 field = "video_path" if "video_path" in meta else "image_path" if "image_path" in meta else None
                 if field is None:
                     stats["no_media_key"] = stats.get("no_media_key", 0) + 1
                     continue
+                if not isinstance(meta[field], str) or not meta[field]:
+                    stats["bad_path"] = stats.get("bad_path", 0) + 1
+                    log.warning("%s:%d: %s is %r, not a path; skipped", jsonl, line_no, field, meta[field])
+                    continue
                 path = Path(meta[field])
                 path = path if path.is_absolute() else base / path
-                if not path.is_file():
+                try:
+                    data = _read_only(path) if path.is_file() else None
+                except (OSError, ValueError):  # unreadable, or a NUL byte in the path
+                    data = None
+                if data is None:
                     stats["missing_media"] = stats.get("missing_media", 0) + 1
-                    log.warning("%s:%d: %s not found; skipped", jsonl, line_no, path)
+                    log.warning("%s:%d: %s not found or unreadable; skipped", jsonl, line_no, path)
                     continue
                 ext = "mp4" if field == "video_path" else path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
-                yield {"__key__": f"{n:09d}", ext: _read_only(path), "json": meta}
+                yield {"__key__": f"{n:09d}", ext: data, "json": meta}
                 n += 1
