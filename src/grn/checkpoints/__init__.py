@@ -2,6 +2,7 @@
 :func:`build_from_config` (only grn's own registered classes, with plain arguments). See docs/checkpoints.md."""
 
 from grn.checkpoints.build import (
+    UnreadableCheckpointError,
     UnsafeCheckpointError,
     build_from_config,
     check_stored_configs,
@@ -12,6 +13,6 @@ from grn.checkpoints.build import (
 )
 
 __all__ = [
-    "UnsafeCheckpointError", "build_from_config", "check_stored_configs", "read_checkpoint", "register", "registered",
+    "UnreadableCheckpointError", "UnsafeCheckpointError", "build_from_config", "check_stored_configs", "read_checkpoint", "register", "registered",
     "validated",
 ]

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["UnsafeCheckpointError", "build_from_config", "check_stored_configs", "read_checkpoint", "register",
+__all__ = ["UnreadableCheckpointError", "UnsafeCheckpointError", "build_from_config", "check_stored_configs", "read_checkpoint", "register",
            "registered", "validated"]
 
 _PLAIN = (type(None), bool, int, float, str)
@@ -35,6 +35,10 @@ _RULE = "only grn's own registered classes are built from checkpoints, with plai
 
 # _target_ -> (kind, the class that a factory's **kwargs are passed on to, or None)
 _REGISTRY: dict[str, tuple[str, str | None]] = {}
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file that torch cannot read (damaged, cut short, or not a torch file). One line naming it."""
 
 
 class UnsafeCheckpointError(ValueError):
@@ -178,14 +182,17 @@ def _unpickling_reason(err: Exception) -> str:
     """The sentence of torch's weights_only message that says what was refused."""
     text = str(err)
     found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text) or re.search(r"(Trying to load [^\n]+)", text)
-    return found[1].split(". ")[0].rstrip(".") if found else "not plain data"
+    reason = found[1].split(". ")[0].rstrip(".") if found else "not plain data"
+    return " ".join(reason.split())[:200]  # one line, even where a garbled name holds line breaks
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain containers, nothing else is unpickled.
 
     ``mmap`` memory-maps the file (a legacy non-zip file is read without). A file holding any other pickled
-    object raises :class:`UnsafeCheckpointError` naming it; nothing in the file runs.
+    object raises :class:`UnsafeCheckpointError` naming it; nothing in the file runs. Any other failure to read
+    (a damaged or foreign file: torch raises anything from ``EOFError`` to ``UnicodeDecodeError``) raises
+    :class:`UnreadableCheckpointError`, one line naming the file.
     """
     try:
         try:
@@ -199,4 +206,12 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
             f"{path}: refused to load: it holds pickled objects, not only tensors and plain data "
             f"({_unpickling_reason(err)}); checkpoints are read with weights_only=True and {_RULE} "
             "(docs/checkpoints.md)"
+        ) from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever a damaged file makes torch raise, one clear line instead
+        detail = " ".join(str(err).split())[:160] or "no detail"
+        raise UnreadableCheckpointError(
+            f"{path}: cannot read this checkpoint ({type(err).__name__}: {detail}): the file is damaged, cut short "
+            "or not a torch checkpoint; give a complete .ckpt file"
         ) from None
