@@ -12,3 +12,31 @@ def tiny_generator_config(latent_dim: int, hbq_rounds: int, num_classes: int, in
     token maps; ``extra`` adds keys such as ``target``."""
     return {"_target_": "grn.models.generator.build_generator", "size": "tiny", "latent_dim": latent_dim,
             "hbq_rounds": hbq_rounds, "num_classes": num_classes, "input_size": input_size, **extra}
+
+
+def input_dependent_init(net):
+    """Re-initialise ``net`` in place so that its logits follow its input map closely (for parity tests, where a
+    network that ignores its input could not tell which map it was fed): unit norm weights, fan-in-scaled matrices
+    with gain 2 (0.3 on adaLN modulations, so that class and t do not drown the tokens), small vectors. Returns
+    ``net`` in eval mode. Draws from the global RNG: seed it first."""
+    import math
+
+    import torch
+
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            elif p.dim() >= 2:
+                p.normal_(0, (0.3 if "adaLN" in name else 2.0) / math.sqrt(p[0].numel()))
+            else:
+                p.normal_(0, 0.02)
+    return net.eval()
+
+
+def random_captions(*lens: int, dim: int, seed: int = 0):
+    """Stand-in caption features: one ``[L, dim]`` float tensor per length, from a seeded generator."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, dim, generator=g) for n in lens]

@@ -5,7 +5,8 @@ import torch
 
 from grn.models.convert import c2i_checkpoint, infer_c2i_config, load_official_c2i
 from grn.models.generator import build_generator
-from reference_grn import reference_logits, reference_sample  # tests/ is on sys.path via conftest
+from reference_grn import reference_logits, reference_sample
+from tiny_nets import input_dependent_init  # tests/ is on sys.path via conftest
 
 
 def randomised(target="index", size="tiny", seed=0, **kw):
@@ -27,18 +28,10 @@ def test_fast_forward_matches_reference(target):
 
 
 def input_dependent(target="index", seed=0):
-    """Fan-in-scaled weights (gain 2, 0.3 on the adaLN modulation), unit norms: logits follow the input map."""
+    """The tiny network re-initialised so that its logits follow the input map (tests/tiny_nets.py)."""
     torch.manual_seed(seed)
     net = build_generator("tiny", latent_dim=4, hbq_rounds=3, target=target, num_classes=10, input_size=8)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "norm" in name:
-                p.fill_(1.0)
-            elif p.dim() >= 2:
-                p.normal_(0, (0.3 if "adaLN" in name else 2.0) / p[0].numel() ** 0.5)
-            else:
-                p.normal_(0, 0.02)
-    return net.eval()
+    return input_dependent_init(net)
 
 
 def test_sampler_matches_reference_sampler():

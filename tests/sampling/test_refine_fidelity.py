@@ -24,7 +24,7 @@ from grn.lit_modules.generator import sample_labels
 from grn.models.generator import build_generator
 from grn.sampling.refine import refine
 from reference_sampler import official_c2i_sample, plain_refine
-from tiny_nets import tiny_generator_config
+from tiny_nets import input_dependent_init, tiny_generator_config
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
@@ -78,16 +78,8 @@ def strong_grn(target: str, seed: int = 0):
     """The tiny C2I network with fan-in-scaled weights (gain 2; 0.3 on the adaLN modulation so that the class and t
     do not drown the tokens), unit norms and small biases: its logits follow its input map closely."""
     torch.manual_seed(seed)
-    net = build_generator("tiny", latent_dim=4, hbq_rounds=3, target=target, num_classes=10, input_size=8)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "norm" in name:
-                p.fill_(1.0)
-            elif p.dim() >= 2:
-                p.normal_(0, (0.3 if "adaLN" in name else 2.0) / math.sqrt(p[0].numel()))
-            else:
-                p.normal_(0, 0.02)
-    return net.eval()
+    return input_dependent_init(build_generator("tiny", latent_dim=4, hbq_rounds=3, target=target, num_classes=10,
+                                                input_size=8))
 
 
 class EchoNet(torch.nn.Module):

@@ -4,7 +4,6 @@ with the caption table's negative prompts as the unconditional branch."""
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ import torch
 from grn.models.t2iv import build_t2iv
 from grn.sampling.text_guidance import first_frame_condition, pad_texts, sample_text_to_labels
 from reference_sampler import plain_refine
+from tiny_nets import input_dependent_init, random_captions
 
 TEXT_DIM = 16
 
@@ -19,21 +19,11 @@ TEXT_DIM = 16
 def strong_t2iv(seed=0):
     """The tiny T2I/T2V network with fan-in-scaled weights (gain 2), unit norms: logits follow the input map."""
     torch.manual_seed(seed)
-    net = build_t2iv("tiny", latent_dim=4, hbq_rounds=2, target="bits", text_dim=TEXT_DIM)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "norm" in name:
-                p.fill_(1.0)
-            elif p.dim() >= 2:
-                p.normal_(0, 2.0 / math.sqrt(p[0].numel()))
-            else:
-                p.normal_(0, 0.02)
-    return net.eval()
+    return input_dependent_init(build_t2iv("tiny", latent_dim=4, hbq_rounds=2, target="bits", text_dim=TEXT_DIM))
 
 
 def captions(*lens, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, TEXT_DIM, generator=g) for n in lens]
+    return random_captions(*lens, dim=TEXT_DIM, seed=seed)
 
 
 class Spy(torch.nn.Module):

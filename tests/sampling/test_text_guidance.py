@@ -13,6 +13,7 @@ from grn.sampling.text_guidance import (
     pad_texts,
     sample_text_to_labels,
 )
+from tiny_nets import random_captions
 
 TEXT_DIM = 16
 
@@ -27,8 +28,7 @@ def tiny_net(seed=0):
 
 
 def captions(*lens, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, TEXT_DIM, generator=g) for n in lens]
+    return random_captions(*lens, dim=TEXT_DIM, seed=seed)
 
 
 class Spy(torch.nn.Module):
