@@ -77,6 +77,13 @@ CASES = {
                      r"sampler\.cfg_interval=\[0\.6, 0\.4\] is invalid: .*0 <= lo <= hi <= 1"),
     "schedule": (["train.py", "task=tokenizer", "sampler.schedule=foo"],
                  r"sampler\.schedule='foo' is invalid: choose one of linear \| cosine"),
+    # model, data and training-module keys (by leaf name, wherever a stage's config holds them)
+    "data_batch": (["train.py", "task=tokenizer", "data=digits", "data.batch_size=0"],
+                   r"stages\.tokenizer\.datamodule\.batch_size=0 is invalid: .*integer >= 1$"),
+    "model_lr": (["train.py", "experiment=quickstart", "stages.c2i.lit_module.lr=-0.1"],
+                 r"stages\.c2i\.lit_module\.lr=-0\.1 is invalid: .*> 0"),
+    "channel_mult": (["train.py", "task=tokenizer", "model.tokenizer.channel_mult=[1,0]"],
+                    r"stages\.tokenizer\.lit_module\.tokenizer\.channel_mult\[1\]=0 is invalid"),
 }
 
 
@@ -174,3 +181,29 @@ def test_every_experiment_and_task_passes_validation(compose_cfg):
                                                                                         "t2i", "t2v")]:
         cfg = compose_cfg("train", [*overrides, "report=true"])
         validate_train(cfg, list(cfg.stages))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stages.tokenizer.lit_module.ema_decay=1.5", r"lit_module\.ema_decay=1\.5 is invalid: .*<= 1"),
+    ("stages.tokenizer.lit_module.betas=[0.5,1.0]", r"lit_module\.betas\[1\]=1\.0 is invalid: .*< 1"),
+    ("model.tokenizer.dropout=1.0", r"lit_module\.tokenizer\.dropout=1\.0 is invalid: .*< 1"),
+    ("model.tokenizer.hbq_rounds=2.5", r"lit_module\.tokenizer\.hbq_rounds=2\.5 is invalid: .*integer"),
+    ("data.num_workers=-1", r"datamodule\.num_workers=-1 is invalid: .*>= 0"),
+    ("stages.tokenizer.lit_module.gan_weight=nan", r"gan_weight=nan is invalid"),
+    ("stages.tokenizer.lit_module.discriminator.num_layers=0", r"discriminator\.num_layers=0 is invalid"),
+])
+def test_model_and_data_ranges(compose_cfg, override, message):
+    """Model, data and optimiser keys are range-checked at start-up, wherever the stage's config nests them."""
+    from grn.entrypoints.validate import validate_train
+
+    cfg = compose_cfg("train", ["experiment=quickstart", override])
+    with pytest.raises(ConfigError, match=message):
+        validate_train(cfg, ["tokenizer"])
+
+
+def test_dim_must_split_into_heads():
+    from grn.entrypoints.validate import check_numbers
+
+    check_numbers({"net": {"dim": 64, "num_heads": 4}}, "x")
+    with pytest.raises(ConfigError, match=r"x\.net\.dim=64 is not a multiple of x\.net\.num_heads=5"):
+        check_numbers({"net": {"dim": 64, "num_heads": 5}}, "x")

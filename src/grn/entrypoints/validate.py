@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from grn.entrypoints.errors import ConfigError
 
@@ -37,16 +38,17 @@ def _is_integer(value: Any) -> bool:
 
 
 def number(key: str, value: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-           integer: bool = False, optional: bool = False, note: str = "") -> None:
+           lt: float | None = None, integer: bool = False, optional: bool = False, note: str = "") -> None:
     """``value`` (of config key ``key``) must be a number (``integer``: a whole one) within the bounds, or None
     where ``optional``; else ConfigError."""
     if value is None and optional:
         return
     ok = _is_integer(value) if integer else _is_number(value)
-    ok = ok and (ge is None or value >= ge) and (gt is None or value > gt) and (le is None or value <= le)
+    ok = ok and (ge is None or value >= ge) and (gt is None or value > gt) and (le is None or value <= le) and (
+        lt is None or value < lt)
     if not ok:
         bounds = [f">= {ge}" if ge is not None else "", f"> {gt}" if gt is not None else "",
-                  f"<= {le}" if le is not None else ""]
+                  f"<= {le}" if le is not None else "", f"< {lt}" if lt is not None else ""]
         rule = ("null or " if optional else "") + ("an integer" if integer else "a number")
         rule += (" " + " and ".join(b for b in bounds if b)) if any(bounds) else ""
         raise ConfigError(f"{key}={_show(value)} is invalid: it must be {rule}{note}")
@@ -132,6 +134,70 @@ def check_eval(eval_cfg: Mapping | None, prefix: str = "eval") -> None:
             number(f"{prefix}.recon.{name}", recon[name], integer=True, **bounds)
 
 
+# Ranges of the model, data and training-module keys, by leaf name wherever they sit in a stage's config
+# (datamodule, lit_module, the networks they build). A name not listed is left to the class that reads it.
+_POSITIVE_INT = dict(integer=True, ge=1)
+_COUNT = dict(integer=True, ge=0)
+_PROB = dict(ge=0, le=1)
+LEAF_RANGES: dict[str, dict] = {
+    **{name: _POSITIVE_INT for name in (
+        "batch_size", "image_size", "crop_size", "short_side", "in_channels", "latent_dim",
+        "hbq_rounds", "patch_size", "enc_channels", "dec_channels", "num_res_blocks", "input_size",
+        "base_channels", "num_layers", "epoch_samples", "epoch_size", "num_frames",
+        "clip_frames", "val_frames", "text_dim", "dim", "depth", "num_heads", "num_kv_heads", "max_length",
+        "width", "height", "digit_size", "clips_per_digit", "stride", "max_member_bytes", "max_image_pixels",
+        "max_frame_pixels", "val_grid", "token_budget")},
+    **{name: _COUNT for name in ("num_workers", "shuffle_buffer", "shuffle_initial", "disc_start", "warmup_steps",
+                                 "prefetch_factor")},
+    **{name: _PROB for name in ("label_drop_prob", "caption_drop_prob", "short_caption_prob", "val_fraction",
+                                "flip_prob", "i2v_ratio", "dense_ratio")},
+    "dropout": dict(ge=0, lt=1), "ema_decay": _PROB, "blr": dict(gt=0),
+    "lr": dict(gt=0, optional=True, note=" (null: blr x global batch / 256)"),
+    "weight_decay": dict(ge=0), "grad_clip": dict(ge=0, optional=True, note=" (null or 0 = no clipping)"),
+    "l1_weight": dict(ge=0), "lpips_weight": dict(ge=0), "gan_weight": dict(ge=0), "disc_weight": dict(ge=0),
+    "keep_prob_mean": {}, "keep_prob_std": {}, "keep_prob_shift": dict(gt=0), "fps": dict(gt=0),
+    "max_aspect_ratio": dict(ge=1), "min_duration": dict(ge=0),
+    "num_classes": dict(integer=True, ge=1, optional=True, note=" (null: a text model)"),
+}
+# lists whose every entry has a range
+LIST_RANGES: dict[str, dict] = {"ema_decays": _PROB, "betas": dict(ge=0, lt=1), "channel_mult": _POSITIVE_INT}
+# checked on their own (check_sampler, check_eval), and not part of what a stage builds
+_SKIP = {"sampler", "eval", "_target_"}
+
+
+def check_numbers(section: Any, prefix: str) -> None:
+    """Every key of ``section`` (a stage's datamodule / lit_module / network config, walked recursively) whose name
+    is in :data:`LEAF_RANGES` or :data:`LIST_RANGES` is in its range; ``dim`` is a multiple of ``num_heads`` where a
+    config sets both. Only the listed keys are read, so path interpolations elsewhere are never resolved."""
+    if not OmegaConf.is_dict(section) and not isinstance(section, Mapping):
+        return
+    for name in section.keys():
+        name = str(name)
+        if name in _SKIP:
+            continue
+        key = f"{prefix}.{name}"
+        if name in LEAF_RANGES:
+            number(key, section[name], **LEAF_RANGES[name])
+        elif name in LIST_RANGES:
+            values = section[name]
+            if values is None:
+                continue
+            if not (OmegaConf.is_list(values) or isinstance(values, (list, tuple))):
+                raise ConfigError(f"{key}={_show(values)} is invalid: it must be a list")
+            for i, value in enumerate(values):
+                number(f"{key}[{i}]", value, **LIST_RANGES[name])
+        else:
+            try:
+                value = section[name]
+            except OmegaConfBaseException:  # e.g. ${hydra:...} outside a Hydra run: a path, never a number config
+                continue
+            if OmegaConf.is_dict(value) or isinstance(value, Mapping):
+                check_numbers(value, key)
+    dim, heads = section.get("dim"), section.get("num_heads")
+    if dim is not None and heads is not None and int(dim) % int(heads):
+        raise ConfigError(f"{prefix}.dim={dim} is not a multiple of {prefix}.num_heads={heads}")
+
+
 def _missing(cfg: DictConfig, key: str) -> bool:
     return OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, "")
 
@@ -171,6 +237,9 @@ def validate_train(cfg: DictConfig, stages: Iterable[str]) -> None:
         number(f"stages.{name}.max_steps", steps, integer=True, ge=1, note=_STEPS_NOTE if steps == -1 else "")
         stage = cfg.stages[name]
         number(f"stages.{name}.val_every", stage.get("val_every"), integer=True, ge=1, optional=True)
+        for part in ("datamodule", "lit_module"):
+            if part in stage:
+                check_numbers(stage[part], f"stages.{name}.{part}")
     trainer = cfg.get("trainer") or {}
     if "log_every_n_steps" in trainer:
         number("trainer.log_every_n_steps", trainer.log_every_n_steps, integer=True, ge=1)
