@@ -19,7 +19,7 @@ from grn.datamodules.images import ImageShardDataModule
 from grn.datamodules.token_shards import TokenShardDataModule
 from grn.datamodules.writers import write_shards
 from grn.entrypoints.common import CONF_DIR
-from grn.lit_modules.ema import EMA
+from grn.models.ema import EMA
 
 from script_loader import load_script
 from tiny_nets import tiny_generator_config

@@ -18,7 +18,7 @@ import torch
 
 from grn.entrypoints.common import checkpoint_problem
 from grn.io import atomic_torch_save, require_checkpoint_file
-from grn.lit_modules.ema import EMA
+from grn.models.ema import shadow_key
 
 __all__ = ["EXPORT_KEY", "export_ema", "load_consolidated", "weights_only_ema"]
 
@@ -70,7 +70,7 @@ def weights_only_ema(ckpt: dict[str, Any], ema: str | None = "ema1") -> dict[str
     if ema is not None:
         replaced = 0
         for key in weights:
-            shadow = ema_prefix + EMA._key(key[len(prefix) :])
+            shadow = ema_prefix + shadow_key(key[len(prefix) :])
             if shadow in state:
                 weights[key] = state[shadow].to(weights[key].dtype)
                 replaced += 1

@@ -18,7 +18,7 @@ import torch
 from grn import hbq
 from grn.distributed.fsdp import reshard, shard_module
 from grn.lit_modules.config import CheckedLoad
-from grn.lit_modules.ema import EMA
+from grn.models.ema import EMA
 
 
 class RefinementLitModule(CheckedLoad, L.LightningModule):

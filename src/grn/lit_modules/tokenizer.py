@@ -21,7 +21,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 from grn.checkpoints import build_from_config, read_checkpoint
 from grn.distributed.fsdp import is_sharded, reshard, shard_module
 from grn.lit_modules.config import CheckedLoad, plain_config
-from grn.lit_modules.ema import EMA
+from grn.models.ema import EMA
 from grn.losses.adversarial import adaptive_weight, generator_adv_loss, hinge_d_loss
 from grn.losses.perceptual import build_lpips
 from grn.models.tokenizer import HBQTokenizer
@@ -64,7 +64,7 @@ class TokenizerLitModule(CheckedLoad, L.LightningModule):
         adaptive_gan_weight: use the VQGAN gradient-norm ratio (else 1) before ``gan_weight``.
         lr, disc_lr, betas, weight_decay: AdamW settings (``disc_lr`` defaults to ``lr``).
         grad_clip: max gradient norm for each optimiser (0 disables).
-        ema_decay, ema_warmup: EMA of the tokenizer weights (see :class:`~grn.lit_modules.ema.EMA`).
+        ema_decay, ema_warmup: EMA of the tokenizer weights (see :class:`~grn.models.ema.EMA`).
         quantize: decode the HBQ-quantised latent (straight-through) rather than the continuous one.
     """
 

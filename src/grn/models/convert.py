@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from grn.lit_modules.ema import EMA
+from grn.models.ema import EMA
 from grn.models.generator import GENERATOR_SIZES, GRN, build_generator
 
 OFFICIAL_C2I_KEYS = ("model", "model_ema1", "model_ema2")
