@@ -1,5 +1,5 @@
 """Every way a checkpoint is loaded refuses crafted files before anything in them runs: load_generator, load_t2iv,
-load_tokenizer, TextPipeline (text encoder), GRNPipeline.from_pretrained (c2i, t2i), sample.py, eval.py (c2i and
+load_tokenizer (grn.checkpoints and the TokenizerLitModule alias), TextPipeline (text encoder), GRNPipeline.from_pretrained (c2i, t2i), sample.py, eval.py (c2i and
 tokenizer), scripts/cache_tokens.py, scripts/t2iv_digits_eval.py, train.py task=c2i (the stage's token
 datamodule) and Lightning's load_from_checkpoint of the modules. Each payload would create a marker file if it
 ran; legitimate checkpoints still load."""
@@ -14,9 +14,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from grn.checkpoints import UnsafeCheckpointError
-from grn.lit_modules.generator import GeneratorLitModule, load_generator
-from grn.lit_modules.t2iv import T2IVLitModule, load_t2iv
+from grn.checkpoints import UnsafeCheckpointError, load_generator, load_t2iv, load_tokenizer
+from grn.lit_modules.generator import GeneratorLitModule
+from grn.lit_modules.t2iv import T2IVLitModule
 from grn.lit_modules.tokenizer import TokenizerLitModule
 from grn.models.generator import GRN
 from grn.models.t2iv import T2IVNet
@@ -85,7 +85,8 @@ def _cache_tokens(ctx, p):
 ROUTES = {
     "load_generator": ("gen", "net", lambda ctx, p: load_generator(p)),
     "load_t2iv": ("t2i", "net", lambda ctx, p: load_t2iv(p)),
-    "load_tokenizer": ("tok", "tokenizer", lambda ctx, p: TokenizerLitModule.load_tokenizer(p)),
+    "load_tokenizer": ("tok", "tokenizer", lambda ctx, p: load_tokenizer(p)),
+    "lit_module_load_tokenizer": ("tok", "tokenizer", lambda ctx, p: TokenizerLitModule.load_tokenizer(p)),
     "text_pipeline_encoder": ("t2i", "text_encoder", lambda ctx, p: TextPipeline.from_checkpoint(p)),
     "from_pretrained_c2i": ("gen", "net", lambda ctx, p: GRNPipeline.from_pretrained(p)),
     "from_pretrained_c2i_tokenizer": (
@@ -136,6 +137,7 @@ def test_legitimate_checkpoints_still_load(legit):
     assert isinstance(load_generator(legit["gen"])[0], GRN)
     assert isinstance(load_t2iv(legit["t2i"])[0], T2IVNet)
     assert TokenizerLitModule.load_tokenizer(legit["tok"]).latent_dim == 4
+    assert load_tokenizer(legit["tok"]).latent_dim == 4
     assert isinstance(GRNPipeline.from_pretrained(legit["gen"]), GRNPipeline)
     pipe = GRNPipeline.from_pretrained(legit["t2i"])
     assert isinstance(pipe, TextPipeline) and pipe.text_encoder.dim == 16

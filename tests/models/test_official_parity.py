@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from grn.models.convert import c2i_checkpoint, infer_c2i_config, load_official_c2i
+from grn.checkpoints.official_c2i import c2i_checkpoint, infer_c2i_config, load_official_c2i
 from grn.models.generator import build_generator
 from reference_grn import reference_logits, reference_sample
 from tiny_nets import input_dependent_init  # tests/ is on sys.path via conftest
@@ -74,7 +74,7 @@ def official_file(tmp_path, net):
 
 
 def test_official_checkpoint_loads_and_converts(tmp_path):
-    from grn.lit_modules.generator import load_generator
+    from grn.checkpoints import load_generator
 
     net = randomised("index", seed=2)
     path = official_file(tmp_path, net)

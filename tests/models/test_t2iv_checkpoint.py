@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from grn.models.packing import SampleSpec, packed_layout
 from grn.models.rope3d import normalised_extent, nearest_template
 from grn.models.t2iv import build_t2iv
-from grn.models.t2iv_checkpoint import (
+from grn.checkpoints.official_t2iv import (
     from_official_keys,
     infer_t2iv_config,
     load_official_t2iv,

@@ -20,7 +20,7 @@ from grn.models.tokenizer import (
     patchify,
     unpatchify,
 )
-from grn.models.tokenizer_checkpoint import (
+from grn.checkpoints.official_tokenizer import (
     load_official_tokenizer,
     official_layout,
     official_tokenizer_config,
@@ -384,11 +384,11 @@ def test_official_checkpoint_errors(tmp_path, tok):
 
 def test_lit_module_loader_accepts_official_files(tmp_path, tok, clip):
     """The generator stages and the pipeline name a tokenizer by path: an official release file works there too."""
-    from grn.lit_modules.tokenizer import TokenizerLitModule
+    from grn.checkpoints import load_tokenizer
 
     path = tmp_path / "HBQ_image_tokenizer_16dim_M4.ckpt"
     torch.save({"ema": tok.state_dict()}, path)
-    loaded = TokenizerLitModule.load_tokenizer(path)
+    loaded = load_tokenizer(path)
     assert not loaded.training
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_features(clip), tok.encode_features(clip))
