@@ -145,3 +145,42 @@ def test_legitimate_checkpoints_still_load(legit):
     assert isinstance(net, T2IVNet) and encode(["a one"])[0].shape[-1] == 16
     assert isinstance(GeneratorLitModule.load_from_checkpoint(legit["gen"]).net, GRN)
     assert isinstance(T2IVLitModule.load_from_checkpoint(legit["t2i"]).net, T2IVNet)
+
+
+def test_the_pure_loader_and_the_lit_module_alias_refuse_alike(legit, tmp_path):
+    path, _ = poison(legit["tok"], "tokenizer", "open", tmp_path / "marker", tmp_path / "crafted.ckpt")
+    messages = []
+    for load in (load_tokenizer, TokenizerLitModule.load_tokenizer):
+        with pytest.raises(UnsafeCheckpointError) as err:
+            load(path)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and not (tmp_path / "marker").exists()
+
+
+def test_each_loader_reads_its_file_once_memory_mapped(legit, monkeypatch):
+    from grn.checkpoints import load_consolidated
+
+    calls, real = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real(*a, **k))
+    for load, which in ((load_generator, "gen"), (load_t2iv, "t2i"), (load_tokenizer, "tok"),
+                        (load_consolidated, "gen")):
+        calls.clear()
+        load(legit[which])
+        assert [(c["mmap"], c["weights_only"]) for c in calls] == [(True, True)], (load.__name__, calls)
+
+
+def test_loading_imports_no_lightning(legit):
+    """grn.checkpoints is pure torch: a datamodule or pipeline that loads a network pulls in no training code."""
+    import os
+    import subprocess
+
+    code = ("import sys\nfrom grn.checkpoints import load_generator, load_t2iv, load_tokenizer\n"
+            "load_generator(sys.argv[1]); load_t2iv(sys.argv[2]); load_tokenizer(sys.argv[3])\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning') "
+            "or m.startswith('grn.lit_modules') or m.startswith('grn.entrypoints'))\n"
+            "assert not bad, bad\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code, str(legit["gen"]), str(legit["t2i"]), str(legit["tok"])],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
