@@ -1,8 +1,9 @@
 """Every way a checkpoint is loaded refuses crafted files before anything in them runs: load_generator, load_t2iv,
-load_tokenizer (grn.checkpoints and the TokenizerLitModule alias), TextPipeline (text encoder), GRNPipeline.from_pretrained (c2i, t2i), sample.py, eval.py (c2i and
-tokenizer), scripts/cache_tokens.py, scripts/t2iv_digits_eval.py, train.py task=c2i (the stage's token
-datamodule) and Lightning's load_from_checkpoint of the modules. Each payload would create a marker file if it
-ran; legitimate checkpoints still load."""
+load_tokenizer (grn.checkpoints and the TokenizerLitModule alias), TextPipeline (text encoder),
+GRNPipeline.from_pretrained (c2i, t2i), sample.py, eval.py (c2i and tokenizer), scripts/cache_tokens.py,
+scripts/t2iv_digits_eval.py, train.py task=c2i (the stage's token datamodule) and Lightning's load_from_checkpoint
+of the modules. Each payload would create a marker file if it ran; legitimate checkpoints still load. Loading is
+memory-mapped and pulls in no Lightning."""
 
 from __future__ import annotations
 

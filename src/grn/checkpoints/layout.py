@@ -67,7 +67,8 @@ def prefixes(hp: Mapping[str, Any], ema: str | None) -> tuple[str, str]:
 def load_ema(module: nn.Module, state: Mapping[str, torch.Tensor], prefix: str, source: Any, name: str) -> None:
     """Write the EMA stored in ``state`` under ``prefix`` into ``module``'s parameters, in place (each cast to the
     parameter's dtype). Every floating-point parameter must have its shadow, of its shape, and no other shadow may
-    be there, as a strict load of :class:`~grn.models.ema.EMA` asks; ``source`` and ``name`` name the file and the EMA in errors.
+    be there, as a strict load of :class:`~grn.models.ema.EMA` asks; ``source`` and ``name`` name the file and the
+    EMA in errors.
 
     No EMA object is built: that would clone every parameter once more, a second copy of a multi-GB network."""
     shadows = strip_prefix(state, prefix)

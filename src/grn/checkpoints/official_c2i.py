@@ -142,7 +142,8 @@ def to_checkpoint(ckpt: Mapping[str, Any], source: Any, tokenizer_ckpt: str | No
     }
 
 
-def c2i_checkpoint(path: str | Path, tokenizer_ckpt: str | None = None, hbq_rounds: int = 4, target: str = "index") -> dict:
+def c2i_checkpoint(path: str | Path, tokenizer_ckpt: str | None = None, hbq_rounds: int = 4,
+                   target: str = "index") -> dict:
     """:func:`to_checkpoint` of the file at ``path`` (read once)."""
     return to_checkpoint(read_official_c2i(path), path, tokenizer_ckpt, hbq_rounds, target)
 
