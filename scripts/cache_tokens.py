@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-count", type=int, default=1000, help="samples per token shard")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    from grn.io import require_checkpoint_file
+    from grn.checkpoints import require_checkpoint_file
 
     require_checkpoint_file(args.tokenizer, "tokenizer")  # before any data is read
     from grn.datamodules.builtin import builtin_image_shards, builtin_video_shards

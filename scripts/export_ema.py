@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from grn.distributed.export import export_ema
+from grn.checkpoints import export_ema
 
 
 def main(argv: list[str] | None = None) -> None:

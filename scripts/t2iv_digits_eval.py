@@ -25,11 +25,10 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from grn import hbq
+from grn.checkpoints import build_from_config, load_t2iv, load_tokenizer
 from grn.datamodules.captioned import DIGIT_WORDS, DIRECTIONS, moving_digits
-from grn.checkpoints import build_from_config
 from grn.io import atomic_write_json
-from grn.lit_modules.t2iv import load_t2iv, sample_t2iv
-from grn.lit_modules.tokenizer import TokenizerLitModule
+from grn.lit_modules.t2iv import sample_t2iv
 from grn.metrics.digits import load_or_train_classifier, predict
 
 STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -93,7 +92,7 @@ def main() -> None:
         raise FileNotFoundError(f"run directory not found: {args.run_dir} (of train.py experiment=t2iv_digits)")
     started = time.time()
     sampler = dict(num_steps=args.steps, schedule="cosine", cfg_scale=args.cfg, temperature=args.temperature)
-    tok = TokenizerLitModule.load_tokenizer(args.run_dir / "tokenizer" / "checkpoints" / "last.ckpt")
+    tok = load_tokenizer(args.run_dir / "tokenizer" / "checkpoints" / "last.ckpt")
     clf, clf_acc = load_or_train_classifier(args.cache_dir / "digits_classifier.pt")  # trains once if missing
     torch.set_grad_enabled(False)
     out: dict = {"settings": {**sampler, "per_caption": args.per_caption, "seed": args.seed},

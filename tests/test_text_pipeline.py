@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from grn.entrypoints.common import CONF_DIR
-from grn.lit_modules.ema import EMA
+from grn.models.ema import EMA
 from grn.lit_modules.t2iv import T2IVLitModule
 from grn.pipeline import GRNPipeline
 from grn.text_pipeline import TextPipeline

@@ -1,12 +1,11 @@
-"""Small file helpers: atomic writes, so that a crash mid-write never leaves a truncated file behind, the clean-up
-of what a killed write leaves (its temporary file), and a cheap check that a checkpoint file is complete."""
+"""Small file helpers: atomic writes, so that a crash mid-write never leaves a truncated file behind, and the clean-up
+of what a killed write leaves (its temporary file). Whether a checkpoint is complete: :mod:`grn.checkpoints.files`."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -56,48 +55,3 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
-
-
-def checkpoint_file_problem(path: str | os.PathLike) -> str | None:
-    """What makes file ``path`` an incomplete or wrong PyTorch checkpoint (one phrase), or None if it looks
-    complete. Cheap for multi-GB files: only the zip directory at the end of the file is read, no tensor. A legacy
-    (pre-zip) ``torch.save`` file passes unread."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(2)
-    except FileNotFoundError:
-        return "the file does not exist"
-    except OSError as err:
-        return f"it cannot be read ({err.strerror or err})"
-    if size == 0:
-        return "the file is empty (0 bytes)"
-    if head[:1] == b"\x80":  # a pickle: the legacy torch.save format
-        return None
-    if head != b"PK":
-        return "it is not a PyTorch checkpoint (neither a zip archive nor a pickle)"
-    truncated = f"it is truncated or corrupt ({size} bytes, no complete zip directory): an interrupted write or copy"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            entries = archive.infolist()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return truncated
-    if not any(e.filename.endswith("data.pkl") for e in entries):
-        return "a zip archive without data.pkl, not a PyTorch checkpoint"
-    if max(e.header_offset + e.compress_size for e in entries) > size:
-        return truncated
-    return None
-
-
-def require_checkpoint_file(path: str | os.PathLike, what: str = "checkpoint") -> Path:
-    """``path`` if it is a complete checkpoint file; else FileNotFoundError (missing) or ValueError, one line
-    naming the file, what is wrong with it and what to do."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} checkpoint not found: {path}" + (" (a folder)" if path.is_dir() else ""))
-    problem = checkpoint_file_problem(path)
-    if problem:
-        raise ValueError(f"{what} checkpoint {path} is unusable: {problem}; give a complete .ckpt file (copy it "
-                         "again if a copy was cut short)")
-    return path

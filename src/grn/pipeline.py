@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from rich.progress import Progress
 
-from grn.lit_modules.generator import load_generator, sample_labels
+from grn.checkpoints import load_generator, load_tokenizer
+from grn.lit_modules.generator import sample_labels
 from grn.models.generator import GRN
 
 
@@ -61,13 +62,11 @@ class GRNPipeline:
         device: str | torch.device = "cpu",
     ) -> "GRNPipeline":
         """Load a generator training checkpoint and the tokenizer it was trained on (or ``tokenizer_ckpt``)."""
-        from grn.lit_modules.tokenizer import TokenizerLitModule
-
         net, hp = load_generator(ckpt, ema=ema)
         tok_path = tokenizer_ckpt or hp.get("tokenizer_ckpt")
         if not tok_path:
             raise ValueError(f"{ckpt} records no tokenizer checkpoint: pass tokenizer_ckpt=<path>")
-        tokenizer = TokenizerLitModule.load_tokenizer(tok_path)
+        tokenizer = load_tokenizer(tok_path)
         return cls(net, tokenizer, device, tokenizer_ckpt=str(tok_path))
 
     @classmethod
@@ -82,8 +81,7 @@ class GRNPipeline:
         """The pipeline for ``task``: ``c2i`` (this class) or ``t2i`` / ``t2v`` / ``i2v``
         (:class:`grn.text_pipeline.TextPipeline`). ``task=None`` reads it from the checkpoint (a text-conditioned
         checkpoint defaults to ``t2i``; pass ``t2v`` / ``i2v`` for clips)."""
-        from grn.checkpoints import read_checkpoint
-        from grn.io import require_checkpoint_file
+        from grn.checkpoints import read_checkpoint, require_checkpoint_file
         from grn.text_pipeline import TEXT_TASKS, TextPipeline
 
         if task is None:

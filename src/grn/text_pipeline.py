@@ -48,9 +48,7 @@ class TextPipeline:
                         ema: str | None = "ema1", device: str | torch.device = "cpu") -> "TextPipeline":
         """Load a T2I/T2V training checkpoint, the caption encoder its config names (a registered grn text
         encoder: :func:`grn.checkpoints.build_from_config`) and its tokenizer."""
-        from grn.checkpoints import build_from_config
-        from grn.lit_modules.t2iv import load_t2iv
-        from grn.lit_modules.tokenizer import TokenizerLitModule
+        from grn.checkpoints import build_from_config, load_t2iv, load_tokenizer
 
         net, hp = load_t2iv(ckpt, ema=ema)
         tok_path = tokenizer_ckpt or hp.get("tokenizer_ckpt")
@@ -58,7 +56,7 @@ class TextPipeline:
             raise ValueError(f"{ckpt} records no tokenizer checkpoint: pass tokenizer_ckpt=<path>")
         text_encoder = build_from_config(hp["text_encoder"], {"text_encoder"}, ckpt,
                                          "hyper_parameters.text_encoder")
-        return cls(net, text_encoder, TokenizerLitModule.load_tokenizer(tok_path), task, device, str(tok_path))
+        return cls(net, text_encoder, load_tokenizer(tok_path), task, device, str(tok_path))
 
     def encode(self, captions: list[str]) -> list[torch.Tensor]:
         """Caption features ``[L_i, D]`` float32, each distinct caption encoded once per pipeline."""

@@ -1,8 +1,9 @@
 """Every way a checkpoint is loaded refuses crafted files before anything in them runs: load_generator, load_t2iv,
-load_tokenizer, TextPipeline (text encoder), GRNPipeline.from_pretrained (c2i, t2i), sample.py, eval.py (c2i and
-tokenizer), scripts/cache_tokens.py, scripts/t2iv_digits_eval.py, train.py task=c2i (the stage's token
-datamodule) and Lightning's load_from_checkpoint of the modules. Each payload would create a marker file if it
-ran; legitimate checkpoints still load."""
+load_tokenizer (grn.checkpoints and the TokenizerLitModule alias), TextPipeline (text encoder),
+GRNPipeline.from_pretrained (c2i, t2i), sample.py, eval.py (c2i and tokenizer), scripts/cache_tokens.py,
+scripts/t2iv_digits_eval.py, train.py task=c2i (the stage's token datamodule) and Lightning's load_from_checkpoint
+of the modules. Each payload would create a marker file if it ran; legitimate checkpoints still load. Loading is
+memory-mapped and pulls in no Lightning."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from grn.checkpoints import UnsafeCheckpointError
-from grn.lit_modules.generator import GeneratorLitModule, load_generator
-from grn.lit_modules.t2iv import T2IVLitModule, load_t2iv
+from grn.checkpoints import UnsafeCheckpointError, load_generator, load_t2iv, load_tokenizer
+from grn.lit_modules.generator import GeneratorLitModule
+from grn.lit_modules.t2iv import T2IVLitModule
 from grn.lit_modules.tokenizer import TokenizerLitModule
 from grn.models.generator import GRN
 from grn.models.t2iv import T2IVNet
@@ -85,7 +86,8 @@ def _cache_tokens(ctx, p):
 ROUTES = {
     "load_generator": ("gen", "net", lambda ctx, p: load_generator(p)),
     "load_t2iv": ("t2i", "net", lambda ctx, p: load_t2iv(p)),
-    "load_tokenizer": ("tok", "tokenizer", lambda ctx, p: TokenizerLitModule.load_tokenizer(p)),
+    "load_tokenizer": ("tok", "tokenizer", lambda ctx, p: load_tokenizer(p)),
+    "lit_module_load_tokenizer": ("tok", "tokenizer", lambda ctx, p: TokenizerLitModule.load_tokenizer(p)),
     "text_pipeline_encoder": ("t2i", "text_encoder", lambda ctx, p: TextPipeline.from_checkpoint(p)),
     "from_pretrained_c2i": ("gen", "net", lambda ctx, p: GRNPipeline.from_pretrained(p)),
     "from_pretrained_c2i_tokenizer": (
@@ -136,6 +138,7 @@ def test_legitimate_checkpoints_still_load(legit):
     assert isinstance(load_generator(legit["gen"])[0], GRN)
     assert isinstance(load_t2iv(legit["t2i"])[0], T2IVNet)
     assert TokenizerLitModule.load_tokenizer(legit["tok"]).latent_dim == 4
+    assert load_tokenizer(legit["tok"]).latent_dim == 4
     assert isinstance(GRNPipeline.from_pretrained(legit["gen"]), GRNPipeline)
     pipe = GRNPipeline.from_pretrained(legit["t2i"])
     assert isinstance(pipe, TextPipeline) and pipe.text_encoder.dim == 16
@@ -143,3 +146,42 @@ def test_legitimate_checkpoints_still_load(legit):
     assert isinstance(net, T2IVNet) and encode(["a one"])[0].shape[-1] == 16
     assert isinstance(GeneratorLitModule.load_from_checkpoint(legit["gen"]).net, GRN)
     assert isinstance(T2IVLitModule.load_from_checkpoint(legit["t2i"]).net, T2IVNet)
+
+
+def test_the_pure_loader_and_the_lit_module_alias_refuse_alike(legit, tmp_path):
+    path, _ = poison(legit["tok"], "tokenizer", "open", tmp_path / "marker", tmp_path / "crafted.ckpt")
+    messages = []
+    for load in (load_tokenizer, TokenizerLitModule.load_tokenizer):
+        with pytest.raises(UnsafeCheckpointError) as err:
+            load(path)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and not (tmp_path / "marker").exists()
+
+
+def test_each_loader_reads_its_file_once_memory_mapped(legit, monkeypatch):
+    from grn.checkpoints import load_consolidated
+
+    calls, real = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real(*a, **k))
+    for load, which in ((load_generator, "gen"), (load_t2iv, "t2i"), (load_tokenizer, "tok"),
+                        (load_consolidated, "gen")):
+        calls.clear()
+        load(legit[which])
+        assert [(c["mmap"], c["weights_only"]) for c in calls] == [(True, True)], (load.__name__, calls)
+
+
+def test_loading_imports_no_lightning(legit):
+    """grn.checkpoints is pure torch: a datamodule or pipeline that loads a network pulls in no training code."""
+    import os
+    import subprocess
+
+    code = ("import sys\nfrom grn.checkpoints import load_generator, load_t2iv, load_tokenizer\n"
+            "load_generator(sys.argv[1]); load_t2iv(sys.argv[2]); load_tokenizer(sys.argv[3])\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning') "
+            "or m.startswith('grn.lit_modules') or m.startswith('grn.entrypoints'))\n"
+            "assert not bad, bad\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code, str(legit["gen"]), str(legit["t2i"]), str(legit["tok"])],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -69,7 +69,7 @@ def tiny_tokenizer_ckpt(path, seed: int = 0, config: str = "tiny"):
     from omegaconf import OmegaConf
 
     from grn.entrypoints.common import CONF_DIR
-    from grn.lit_modules.ema import EMA
+    from grn.models.ema import EMA
 
     cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "tokenizer" / f"{config}.yaml"))
     torch.manual_seed(seed)

@@ -35,12 +35,12 @@ def test_shard_source_is_encoded_once_and_resumes_exactly(tmp_path, monkeypatch,
     assert len(caches) == 1 and (caches[0] / "meta.json").is_file()
 
     # later runs reuse the cache: the tokenizer is never loaded again
-    from grn.lit_modules.tokenizer import TokenizerLitModule
+    from grn import checkpoints
 
     def no_tokenizer(*a, **k):
         raise AssertionError("the token cache should have been reused")
 
-    monkeypatch.setattr(TokenizerLitModule, "load_tokenizer", staticmethod(no_tokenizer))
+    monkeypatch.setattr(checkpoints, "load_tokenizer", no_tokenizer)
     part = _fit(dm(), 4, tmp_path / "b", every=4)
     rest = _fit(dm(), 6, tmp_path / "c", ckpt_path=tmp_path / "b" / "step=4.ckpt")
     assert part + rest == full

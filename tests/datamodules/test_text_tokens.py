@@ -83,9 +83,9 @@ def _image_source(pattern, **kw):
 def _encoders(tok_ckpt):
     from hydra.utils import instantiate
 
-    from grn.lit_modules.tokenizer import TokenizerLitModule
+    from grn.checkpoints import load_tokenizer
 
-    return TokenizerLitModule.load_tokenizer(tok_ckpt), instantiate(TEXT)
+    return load_tokenizer(tok_ckpt), instantiate(TEXT)
 
 
 def test_cache_holds_the_encoders_outputs_and_every_caption(tmp_path, text_image_shards):
@@ -118,17 +118,17 @@ def test_cache_holds_the_encoders_outputs_and_every_caption(tmp_path, text_image
     torch.testing.assert_close(null, encoder.encode_texts([""])[0], atol=2e-3, rtol=2e-3)
 
     # a second call finds the cache: neither encoder is loaded again
-    from grn.lit_modules.tokenizer import TokenizerLitModule
+    from grn import checkpoints
 
     def boom(*a, **k):
         raise AssertionError("the cache should have been reused")
 
-    orig = TokenizerLitModule.load_tokenizer
-    TokenizerLitModule.load_tokenizer = staticmethod(boom)
+    orig = checkpoints.load_tokenizer
+    checkpoints.load_tokenizer = boom
     try:
         assert ensure_text_token_cache(_image_source(text_image_shards), tok_ckpt, TEXT, tmp_path / "cache") == cache
     finally:
-        TokenizerLitModule.load_tokenizer = orig
+        checkpoints.load_tokenizer = orig
     # another text encoder or dtype is another cache
     other = ensure_text_token_cache(source, tok_ckpt, {**TEXT, "seed": 1}, tmp_path / "cache", text_dtype="float32")
     assert other != cache and np.load(io.BytesIO(next(iter_cache_samples(other))["text.npy"])).dtype == np.float32
@@ -244,7 +244,7 @@ def test_script_builds_the_cache_training_reads(compose_cfg, tmp_path, monkeypat
     finds that cache (nothing is encoded again)."""
     from hydra.utils import instantiate
 
-    from grn.lit_modules.tokenizer import TokenizerLitModule
+    from grn import checkpoints
 
     tok_ckpt = tiny_tokenizer_ckpt(tmp_path / "tok.ckpt", config="tiny_joint")
     script = vars(load_script("cache_text_tokens"))
@@ -262,7 +262,7 @@ def test_script_builds_the_cache_training_reads(compose_cfg, tmp_path, monkeypat
     def boom(*a, **k):
         raise AssertionError("the script's cache should have been found")
 
-    monkeypatch.setattr(TokenizerLitModule, "load_tokenizer", staticmethod(boom))
+    monkeypatch.setattr(checkpoints, "load_tokenizer", boom)
     cfg = compose_cfg("train", ["task=t2i", "model/generator=t2iv_tiny", "model/tokenizer=tiny_joint",
                                 "model/text_encoder=tiny", "data=text_image", f"data.train_shards='{text_image_shards}'",
                                 "data.pn=4", "data.stride=8", f"stages.t2i.tokenizer_ckpt={tok_ckpt}"])

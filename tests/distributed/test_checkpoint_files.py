@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from grn.entrypoints.common import is_checkpoint, newest_checkpoint
+from grn.checkpoints import is_checkpoint, newest_checkpoint
 
 
 def sharded(folder, complete=True):

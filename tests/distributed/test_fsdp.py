@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grn.distributed.export import export_ema, load_consolidated
+from grn.checkpoints import export_ema, load_consolidated
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = [

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from hydra.utils import instantiate
 
 from grn.distributed.fsdp import default_blocks, is_sharded, parallelize, reshard
-from grn.lit_modules.ema import EMA
+from grn.models.ema import EMA
 
 from tiny_nets import tiny_generator_config
 

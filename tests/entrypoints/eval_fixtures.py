@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from grn.entrypoints.common import CONF_DIR
 from grn.lit_modules.config import plain_config
-from grn.lit_modules.ema import EMA
+from grn.models.ema import EMA
 
 
 def make_checkpoints(folder: Path) -> tuple[Path, Path]:

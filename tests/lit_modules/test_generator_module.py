@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from grn.checkpoints import load_generator
 from grn.datamodules.tokens import TensorDictDataset
-from grn.lit_modules.generator import GeneratorLitModule, load_generator, mix_with_noise, sample_keep_prob
+from grn.lit_modules.generator import GeneratorLitModule, mix_with_noise, sample_keep_prob
 
 from tiny_nets import tiny_generator_config
 

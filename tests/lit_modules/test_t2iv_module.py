@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from grn.lit_modules.t2iv import T2IVLitModule, load_t2iv, sample_t2iv, shift_keep_prob
+from grn.checkpoints import load_t2iv
+from grn.lit_modules.t2iv import T2IVLitModule, sample_t2iv, shift_keep_prob
 
 NET = {"_target_": "grn.models.t2iv.build_t2iv", "size": "tiny", "latent_dim": 2, "hbq_rounds": 2,
        "target": "bits", "text_dim": 16}

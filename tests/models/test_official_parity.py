@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from grn.models.convert import c2i_checkpoint, infer_c2i_config, load_official_c2i
+from grn.checkpoints.official_c2i import c2i_checkpoint, infer_c2i_config, load_official_c2i
 from grn.models.generator import build_generator
 from reference_grn import reference_logits, reference_sample
 from tiny_nets import input_dependent_init  # tests/ is on sys.path via conftest
@@ -74,7 +74,7 @@ def official_file(tmp_path, net):
 
 
 def test_official_checkpoint_loads_and_converts(tmp_path):
-    from grn.lit_modules.generator import load_generator
+    from grn.checkpoints import load_generator
 
     net = randomised("index", seed=2)
     path = official_file(tmp_path, net)
@@ -109,3 +109,65 @@ def test_grn_b_official_key_names():
     for key, shape in expected.items():
         assert tuple(sd[key].shape) == shape, key
     assert len([k for k in sd if k.startswith("blocks.0.")]) == 14  # norms 4, qkv 2, proj 2, mlp 4, adaLN 2
+
+
+def _counting_loads(monkeypatch) -> list[dict]:
+    """Replace torch.load by a wrapper that records each call's keyword arguments (the file is still read)."""
+    calls, real = [], torch.load
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    return calls
+
+
+def _converted_the_old_way(path, hbq_rounds):
+    """What the conversion stored before it read the file once: a network built per weight set, the EMAs as
+    EMA(net).state_dict() of the ``model_ema*`` networks."""
+    from grn.models.ema import EMA
+
+    live = load_official_c2i(path, "model", hbq_rounds=hbq_rounds)
+    state = {f"net.{k}": v for k, v in live.state_dict().items()}
+    for i, key in enumerate(("model_ema1", "model_ema2"), start=1):
+        ema = EMA(load_official_c2i(path, key, hbq_rounds=hbq_rounds), 0.0)
+        state.update({f"emas.ema{i}.{k}": v for k, v in ema.state_dict().items()})
+    return state
+
+
+def test_conversion_reads_the_file_once_memory_mapped_and_stores_what_it_did(tmp_path, monkeypatch):
+    path = official_file(tmp_path, randomised("index", seed=3))
+    expected = _converted_the_old_way(path, 3)
+    calls = _counting_loads(monkeypatch)
+    ckpt = c2i_checkpoint(path, tokenizer_ckpt="tok.ckpt", hbq_rounds=3)
+    assert len(calls) == 1 and calls[0]["mmap"] and calls[0]["weights_only"]  # was four full reads
+    state = ckpt["state_dict"]
+    assert list(state) == list(expected)
+    for key, want in expected.items():
+        assert state[key].dtype == want.dtype and torch.equal(state[key], want), key
+    assert ckpt["hyper_parameters"]["tokenizer_ckpt"] == "tok.ckpt" and ckpt["epoch"] == 599
+
+
+def test_official_c2i_file_loads_directly_as_its_conversion_does(tmp_path, monkeypatch):
+    """One policy for official files: load_generator takes the .pth itself; ema picks the weight set."""
+    from grn.checkpoints import load_generator
+
+    torch.manual_seed(4)  # M = 4, as released: a file does not say M, and direct loading assumes the released one
+    path = official_file(tmp_path, build_generator("tiny", latent_dim=4, hbq_rounds=4, num_classes=10, input_size=8))
+    converted = tmp_path / "converted.ckpt"
+    torch.save(c2i_checkpoint(path), converted)
+    for ema in (None, "ema1", "ema2"):
+        calls = _counting_loads(monkeypatch)
+        direct, hp = load_generator(path, ema=ema)
+        assert len(calls) == 1 and calls[0]["mmap"]
+        monkeypatch.undo()
+        via_file, hp_file = load_generator(converted, ema=ema)
+        assert hp["net"] == hp_file["net"] and hp["tokenizer_ckpt"] is None and not direct.training
+        # the parameters: an EMA averages those (buffers, here pos_embed, come from the chosen set directly, and
+        # from the live one after conversion; in the released files they are the same fixed sin-cos table)
+        direct_params = dict(direct.named_parameters())
+        for key, value in via_file.named_parameters():
+            assert torch.equal(direct_params[key], value), (ema, key)
+    with pytest.raises(KeyError, match="no EMA named 'ema7'"):
+        load_generator(path, ema="ema7")

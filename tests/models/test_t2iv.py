@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from grn.models.packing import PAD, PT, TEXT, VISUAL, SampleSpec, batched_layout, pack_by_budget, packed_layout
 from grn.models.rope3d import axis_pairs, normalised_extent, visual_positions
 from grn.models.t2iv import build_t2iv
-from grn.models.t2iv_checkpoint import to_official_keys
+from grn.checkpoints.official_t2iv import to_official_keys
 
 # facts §4.1: GRN2b parts
 GRN2B_PARTS = {"blocks": 2_180_125_696, "text_proj": 9_439_488, "word_embed": 1_181_952, "head": 1_182_464,

@@ -8,16 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grn.models.packing import SampleSpec, packed_layout
-from grn.models.rope3d import normalised_extent, nearest_template
-from grn.models.t2iv import build_t2iv
-from grn.models.t2iv_checkpoint import (
+from grn.checkpoints.official_t2iv import (
     from_official_keys,
     infer_t2iv_config,
     load_official_t2iv,
     t2iv_checkpoint,
     to_official_keys,
 )
+from grn.models.packing import SampleSpec, packed_layout
+from grn.models.rope3d import normalised_extent, nearest_template
+from grn.models.t2iv import build_t2iv
 
 from script_loader import load_script
 
@@ -195,3 +195,21 @@ def test_key_renaming_round_trips_and_checkpoint_wraps_weights(tmp_path):
     assert out["hyper_parameters"]["net"]["target"] == "bits"
     assert torch.equal(out["state_dict"]["net.blocks.1.mlp.up_proj.weight"],
                        sd["block_chunks.1.module.0.mlp.up_proj.weight"])
+
+
+def test_official_file_loads_directly_and_converted_with_any_ema(tmp_path):
+    """One policy for official files: load_t2iv takes the .pth itself; its conversion holds final weights (no EMAs),
+    so it loads with the default ema as an export does."""
+    from grn.checkpoints import load_t2iv
+
+    sd = random_official_state(seed=2)
+    path = tmp_path / "GRN_T2I_tiny.pth"
+    torch.save(sd, path)
+    direct, hp = load_t2iv(path)
+    assert not direct.training and hp["net"] == infer_t2iv_config(sd) and hp["tokenizer_ckpt"] is None
+    torch.save(t2iv_checkpoint(path), tmp_path / "t2i.ckpt")
+    converted, hp_file = load_t2iv(tmp_path / "t2i.ckpt")  # ema="ema1", and the file has no EMA: final weights
+    assert hp_file["net"] == hp["net"]
+    reference = load_official_t2iv(sd).state_dict()
+    for key, value in converted.state_dict().items():
+        assert torch.equal(direct.state_dict()[key], value) and torch.equal(reference[key], value), key

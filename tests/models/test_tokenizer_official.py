@@ -9,6 +9,11 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from grn.checkpoints.official_tokenizer import (
+    load_official_tokenizer,
+    official_layout,
+    official_tokenizer_config,
+)
 from grn.models.tokenizer import (
     AttentionBlock,
     CausalConv3d,
@@ -19,11 +24,6 @@ from grn.models.tokenizer import (
     UpStage,
     patchify,
     unpatchify,
-)
-from grn.models.tokenizer_checkpoint import (
-    load_official_tokenizer,
-    official_layout,
-    official_tokenizer_config,
 )
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model" / "tokenizer"
@@ -384,11 +384,25 @@ def test_official_checkpoint_errors(tmp_path, tok):
 
 def test_lit_module_loader_accepts_official_files(tmp_path, tok, clip):
     """The generator stages and the pipeline name a tokenizer by path: an official release file works there too."""
-    from grn.lit_modules.tokenizer import TokenizerLitModule
+    from grn.checkpoints import load_tokenizer
 
     path = tmp_path / "HBQ_image_tokenizer_16dim_M4.ckpt"
     torch.save({"ema": tok.state_dict()}, path)
-    loaded = TokenizerLitModule.load_tokenizer(path)
+    loaded = load_tokenizer(path)
     assert not loaded.training
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_features(clip), tok.encode_features(clip))
+
+
+def test_official_file_converts_optionally_and_goes_only_where_a_tokenizer_does(tmp_path, tok, clip):
+    from grn.checkpoints import load_generator, load_tokenizer
+    from script_loader import load_script
+
+    path = tmp_path / "HBQ_image_tokenizer_16dim_M4.ckpt"
+    torch.save({"ema": tok.state_dict()}, path)
+    load_script("convert_official").main([str(path), str(tmp_path / "tok.ckpt")])  # family read off the keys
+    converted = load_tokenizer(tmp_path / "tok.ckpt")  # marked final: no EMA entries needed
+    with torch.no_grad():
+        torch.testing.assert_close(converted.encode_features(clip), tok.encode_features(clip))
+    with pytest.raises(ValueError, match="is an official tokenizer release file, not a generator checkpoint"):
+        load_generator(path)

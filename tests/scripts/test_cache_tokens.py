@@ -19,7 +19,7 @@ from grn.datamodules.images import ImageShardDataModule
 from grn.datamodules.token_shards import TokenShardDataModule
 from grn.datamodules.writers import write_shards
 from grn.entrypoints.common import CONF_DIR
-from grn.lit_modules.ema import EMA
+from grn.models.ema import EMA
 
 from script_loader import load_script
 from tiny_nets import tiny_generator_config
@@ -80,9 +80,9 @@ def test_cache_tokens_encodes_once_and_matches_the_tokenizer(cached, tmp_path):
     assert _script().main(args2)["cache"] != result["cache"]
 
     # the cached tokens are the tokenizer's own encoding of the same (unflipped) pixels
-    from grn.lit_modules.tokenizer import TokenizerLitModule
+    from grn.checkpoints import load_tokenizer
 
-    tokenizer = TokenizerLitModule.load_tokenizer(ckpt)
+    tokenizer = load_tokenizer(ckpt)
     pixels = ImageShardDataModule(train_shards=shards, image_size=32, num_classes=10, flip=False, batch_size=24,
                                   resampled=False, shuffle_buffer=0, drop_last=False)
     batch = pixels.record(next(iter(pixels.train_dataloader())))
@@ -95,15 +95,15 @@ def test_cache_tokens_encodes_once_and_matches_the_tokenizer(cached, tmp_path):
 
 
 def test_generator_trains_on_the_token_cache_without_the_tokenizer(cached, tmp_path, monkeypatch):
+    from grn import checkpoints
     from grn.lit_modules.generator import GeneratorLitModule
-    from grn.lit_modules.tokenizer import TokenizerLitModule
 
     result = cached[0]
 
     def no_tokenizer(*a, **k):
         raise AssertionError("training must not load the tokenizer")
 
-    monkeypatch.setattr(TokenizerLitModule, "load_tokenizer", staticmethod(no_tokenizer))
+    monkeypatch.setattr(checkpoints, "load_tokenizer", no_tokenizer)
     dm = TokenShardDataModule(cache=result["cache"], batch_size=4, resampled=True, epoch_samples=16,
                               shuffle_buffer=8, seed=0)
     net = tiny_generator_config(dm.latent_dim, dm.hbq_rounds, dm.num_classes, 8, target="index")

@@ -31,14 +31,14 @@ class GeneratorSampler:
 
     def tokenizer(self, pl_module):
         if self._tokenizer is None:
-            from grn.lit_modules.tokenizer import TokenizerLitModule
+            from grn.checkpoints import load_tokenizer
 
             path = pl_module.hparams.get("tokenizer_ckpt")
             if not path:
                 raise ValueError(
                     "this generator module records no tokenizer_ckpt: sample callbacks cannot decode pixels"
                 )
-            self._tokenizer = TokenizerLitModule.load_tokenizer(path).to(pl_module.device).eval()
+            self._tokenizer = load_tokenizer(path, map_location=pl_module.device)
         return self._tokenizer
 
     @torch.no_grad()

@@ -277,9 +277,9 @@ class EncodedCaptionedDataModule(CacheReaderMixin, InMemoryLoaders):
             }
             self.attach_cache(readers[""] if "" in readers else JointShards(readers))
             return
-        from grn.lit_modules.tokenizer import TokenizerLitModule
+        from grn.checkpoints import load_tokenizer
 
-        tokenizer = TokenizerLitModule.load_tokenizer(self.tokenizer_ckpt)
+        tokenizer = load_tokenizer(self.tokenizer_ckpt)
         self.source.setup(stage)
         self.train_set = self._encode(tokenizer, self.source.train_set)
         self.val_set = self._encode(tokenizer, self.source.val_set)

@@ -127,8 +127,8 @@ def ensure_text_token_cache(
     counted as in training). ``text_encoder`` is the Hydra config of the caption encoder. Returns the folder."""
     from hydra.utils import instantiate
 
+    from grn.checkpoints import load_tokenizer
     from grn.lit_modules.config import plain_config
-    from grn.lit_modules.tokenizer import TokenizerLitModule
     from grn.models.text_encoder import TextEncoder
 
     if text_dtype not in _DTYPES:
@@ -142,7 +142,7 @@ def ensure_text_token_cache(
     out = text_cache_dir_for(cache_root, tokenizer_ckpt, settings)
     if (out / "meta.json").is_file():
         return out
-    tokenizer = TokenizerLitModule.load_tokenizer(tokenizer_ckpt, map_location=device)
+    tokenizer = load_tokenizer(tokenizer_ckpt, map_location=device)
     encoder: TextEncoder = instantiate(encoder_cfg).to(device)
     rounds = int(tokenizer.hbq_rounds)
     info: dict[str, Any] = {

@@ -216,13 +216,13 @@ def ensure_token_cache(
     flip; a video source keeps its seeded clip choice), train and — when it has them — val shards. Returns the
     cache folder (see the module docstring for its layout).
     """
-    from grn.lit_modules.tokenizer import TokenizerLitModule  # local: the reader side never needs Lightning modules
+    from grn.checkpoints import load_tokenizer  # local: the reader side never needs the tokenizer's code
 
     spec = {**source.transform_spec(), "flip": bool(flip)}
     out = cache_dir_for(cache_root, tokenizer_ckpt, spec)
     if (out / "meta.json").is_file():
         return out
-    tokenizer = TokenizerLitModule.load_tokenizer(tokenizer_ckpt, map_location=device)
+    tokenizer = load_tokenizer(tokenizer_ckpt, map_location=device)
 
     def batches(view: ShardDataModule) -> Iterator[dict[str, Any]]:
         for batch in view.train_dataloader():

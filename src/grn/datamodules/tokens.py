@@ -200,10 +200,10 @@ class EncodedDataModule(CacheReaderMixin, InMemoryLoaders):
                 seed=self.seed, drop_last=self.drop_last, **pipeline_settings(self.source, self.num_workers),
             ))
             return
-        from grn.lit_modules.tokenizer import TokenizerLitModule
+        from grn.checkpoints import load_tokenizer
 
         self._check_ckpt()
-        tokenizer = TokenizerLitModule.load_tokenizer(self.tokenizer_ckpt)
+        tokenizer = load_tokenizer(self.tokenizer_ckpt)
         self.source.setup(stage)
         self.train_set = TensorDictDataset(**encode_dataset(tokenizer, self.source.train_set))
         self.val_set = TensorDictDataset(**encode_dataset(tokenizer, self.source.val_set))

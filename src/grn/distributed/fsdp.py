@@ -16,6 +16,8 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
+from grn.distributed.shards import is_sharded, reshard
+
 log = logging.getLogger(__name__)
 
 __all__ = ["FSDP2Strategy", "default_blocks", "is_sharded", "parallelize", "reshard", "shard_module"]
@@ -35,25 +37,6 @@ def default_blocks(module: nn.Module) -> list[nn.Module]:
                     blocks.append(block)
                     taken.add(f"{name}.{i}" if name else str(i))
     return blocks
-
-
-def is_sharded(module: nn.Module) -> bool:
-    """True if ``fully_shard`` was applied to ``module`` (its parameters are DTensors)."""
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in module.parameters())
-
-
-def reshard(module: nn.Module) -> nn.Module:
-    """Free gathered parameters, so ``module.parameters()`` are the sharded DTensors again. Needed before
-    swapping weights in or out after a no-grad forward: the root group keeps its parameters gathered after
-    forward (it expects a backward), and those plain tensors would otherwise be what ``parameters()`` yields."""
-    from torch.distributed.fsdp import FSDPModule
-
-    for sub in module.modules():
-        if isinstance(sub, FSDPModule):
-            sub.reshard()
-    return module
 
 
 def parallelize(

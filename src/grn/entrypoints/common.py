@@ -1,4 +1,4 @@
-"""Shared start-up for the entry points: config location, resolvers, run ids, checkpoint discovery."""
+"""Shared start-up for the entry points: config location, resolvers, run ids, warnings, stale temporary files."""
 
 from __future__ import annotations
 
@@ -52,50 +52,6 @@ def quiet_warnings() -> None:
     ):
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-
-
-def checkpoint_problem(path: str | Path) -> str | None:
-    """Why ``path`` is not a complete checkpoint (one phrase), or None. A ``.ckpt`` file must pass
-    :func:`grn.io.checkpoint_file_problem` (its zip directory is read, no tensor); a sharded
-    (torch.distributed.checkpoint) folder must hold shards, ``.metadata`` and ``meta.pt`` written in that order. A
-    save writes them in that order, so a folder with a missing or older ``.metadata`` / ``meta.pt`` is an
-    interrupted save (also when it overwrote an older one)."""
-    from grn.io import checkpoint_file_problem
-
-    path = Path(path)
-    if path.is_file():
-        return checkpoint_file_problem(path)
-    if not path.is_dir():
-        return "it does not exist"
-    metadata, meta = path / ".metadata", path / "meta.pt"
-    if not (metadata.is_file() and meta.is_file()):
-        return "an interrupted sharded save (no .metadata or meta.pt)"
-    written = metadata.stat().st_mtime_ns
-    shards_before = all(p.stat().st_mtime_ns <= written for p in path.glob("*.distcp"))
-    if not (shards_before and meta.stat().st_mtime_ns >= written):
-        return "an interrupted sharded save (shards newer than its .metadata / meta.pt)"
-    return None
-
-
-def is_checkpoint(path: str | Path) -> bool:
-    """A complete checkpoint: a ``.ckpt`` file or sharded folder (see :func:`checkpoint_problem`)."""
-    return checkpoint_problem(path) is None
-
-
-def newest_checkpoint(folder: str | Path) -> Path | None:
-    """``last.ckpt`` if complete, else the most recently written complete ``*.ckpt`` (file or sharded folder)
-    under ``folder``, else None. Each incomplete one passed over is logged with the reason."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    last = folder / "last.ckpt"
-    others = sorted((p for p in folder.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in [last, *others] if last.exists() else others:
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return path
-        log.warning("ckpt_path=auto: skipping %s: %s", path, problem)
-    return None
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:

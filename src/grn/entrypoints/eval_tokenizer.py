@@ -98,11 +98,11 @@ def recon_tools(cfg: DictConfig, device: str) -> dict[str, Any]:
 
 def run_tokenizer(cfg: DictConfig) -> Path:
     """Score the tokenizer checkpoint ``cfg.ckpt``; returns the JSON path (the PNG/MP4 sits beside it)."""
-    from grn.lit_modules.tokenizer import TokenizerLitModule
+    from grn.checkpoints import load_tokenizer
 
     start = time.perf_counter()
     device = str(cfg.device)
-    tokenizer = TokenizerLitModule.load_tokenizer(cfg.ckpt, map_location=device, use_ema=cfg.ema is not None)
+    tokenizer = load_tokenizer(cfg.ckpt, map_location=device, use_ema=cfg.ema is not None)
     recon_cfg = cfg.eval.recon
     tools = recon_tools(cfg, device)  # before any heavy work: a missing weights file fails here, in one line
     images = held_out_images(cfg.eval.get("data"), recon_cfg.get("num_images"))

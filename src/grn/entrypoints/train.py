@@ -17,13 +17,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from grn.entrypoints.common import (
-    CONF_DIR,
-    checkpoint_problem,
-    newest_checkpoint,
-    quiet_warnings,
-    remove_stale_temp_files,
-)
+from grn.entrypoints.common import CONF_DIR, quiet_warnings, remove_stale_temp_files
 from grn.entrypoints.errors import ConfigError, cli_errors
 from grn.entrypoints.validate import validate_train
 
@@ -52,6 +46,8 @@ def stage_names(cfg: DictConfig) -> list[str]:
 
 def validate(cfg: DictConfig) -> list[str]:
     """Check the config before any heavy work (:mod:`grn.entrypoints.validate`); returns the stages to run."""
+    from grn.checkpoints.files import checkpoint_problem  # local: this module's import stays free of torch
+
     names = stage_names(cfg)
     for name in names:
         stage = cfg.stages[name]
@@ -81,6 +77,8 @@ def validate(cfg: DictConfig) -> list[str]:
 
 def resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
     if cfg.ckpt_path == "auto":
+        from grn.checkpoints.files import newest_checkpoint
+
         found = newest_checkpoint(ckpt_dir)
         return str(found) if found else None
     return cfg.ckpt_path

@@ -204,7 +204,7 @@ def _missing(cfg: DictConfig, key: str) -> bool:
 
 def check_checkpoint(key: str, path: Any, what: str) -> None:
     """``path`` (config key ``key``) is a complete checkpoint file (cheap: no tensor is read)."""
-    from grn.io import require_checkpoint_file
+    from grn.checkpoints.files import require_checkpoint_file
 
     try:
         require_checkpoint_file(path, what)

@@ -7,7 +7,6 @@ network's target layout (round-major bits for GRN_bit) here, so one token cache 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +15,7 @@ from hydra.utils import instantiate
 
 from grn import hbq
 from grn.lit_modules.config import plain_hparams
-from grn.lit_modules.refiner import RefinementLitModule, load_refiner_net
+from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.generator import GRN
 from grn.sampling.refine import RefineResult, refine
 
@@ -187,10 +186,3 @@ def compiled_forward(net: torch.nn.Module):
         net.__dict__["_grn_compiled_forward"] = fn
     return fn
 
-
-def load_generator(ckpt_path: str | Path, ema: str | None = "ema1", map_location: str = "cpu") -> tuple[GRN, dict]:
-    """Rebuild the network from a training checkpoint; returns ``(net in eval mode, hyper_parameters)``.
-
-    ``ema`` names the EMA whose weights are loaded (``None`` for the live weights).
-    """
-    return load_refiner_net(ckpt_path, ema, map_location, what="generator")

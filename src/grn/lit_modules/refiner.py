@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -18,7 +17,7 @@ import torch
 from grn import hbq
 from grn.distributed.fsdp import reshard, shard_module
 from grn.lit_modules.config import CheckedLoad
-from grn.lit_modules.ema import EMA
+from grn.models.ema import EMA
 
 
 class RefinementLitModule(CheckedLoad, L.LightningModule):
@@ -88,35 +87,3 @@ class RefinementLitModule(CheckedLoad, L.LightningModule):
                 for n, p in reshard(self.net).named_parameters():  # FSDP: back to the shards first
                     p.copy_(live[n])
 
-
-def load_refiner_net(ckpt_path: str | Path, ema: str | None = "ema1", map_location: str = "cpu",
-                     what: str = "generator", kind: str = "generator") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the network of a :class:`RefinementLitModule` checkpoint (or of an export of one); returns
-    ``(net in eval mode, hyper_parameters)``. ``ema`` names the EMA whose weights are loaded (``None``: the live
-    weights); ``what`` names the checkpoint in the missing-file error. ``hyper_parameters.net`` must name a grn
-    network registered as ``kind`` (:func:`grn.checkpoints.build_from_config`; else ``UnsafeCheckpointError``)."""
-    from grn.checkpoints import build_from_config, read_checkpoint
-    from grn.distributed.export import EXPORT_KEY
-    from grn.io import require_checkpoint_file
-
-    path = require_checkpoint_file(ckpt_path, what)
-    ckpt = read_checkpoint(path, map_location=map_location)
-    hp = (ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
-    if "net" not in hp:
-        if "tokenizer" in hp:
-            raise ValueError(f"{path} is a tokenizer checkpoint, not a {what} one: give the .ckpt of a {what} run "
-                             "(a tokenizer checkpoint goes to tokenizer_ckpt)")
-        raise ValueError(f"{path} is not a {what} checkpoint of grn (no hyper_parameters.net): give the .ckpt of a "
-                         f"{what} run (official files: scripts/convert_official.py)")
-    net = build_from_config(hp["net"], {kind}, path, "hyper_parameters.net")
-    state = ckpt["state_dict"]
-    net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
-    if ema is not None and EXPORT_KEY not in ckpt:  # an export holds final weights
-        prefix = f"emas.{ema}."
-        shadows = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not shadows:
-            raise KeyError(f"checkpoint {path} has no EMA named {ema!r}")
-        helper = EMA(net, 0.0)
-        helper.load_state_dict(shadows)
-        helper.copy_to(net)
-    return net.eval(), hp

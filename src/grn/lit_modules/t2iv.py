@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +26,7 @@ from hydra.utils import instantiate
 from grn import hbq
 from grn.lit_modules.config import plain_hparams
 from grn.lit_modules.generator import mix_with_noise
-from grn.lit_modules.refiner import RefinementLitModule, load_refiner_net
+from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
 from grn.sampling.refine import RefineResult
@@ -236,10 +235,3 @@ def sample_t2iv(
         result.labels = hbq.bit_labels_to_index_labels(result.labels, net.hbq_rounds)
     return result
 
-
-def load_t2iv(ckpt_path: str | Path, ema: str | None = "ema1", map_location: str = "cpu") -> tuple[T2IVNet, dict]:
-    """Rebuild the network from a training checkpoint; returns ``(net in eval mode, hyper_parameters)``.
-
-    ``ema`` names the EMA whose weights are loaded (``None`` for the live weights).
-    """
-    return load_refiner_net(ckpt_path, ema, map_location, what="T2I/T2V", kind="t2iv")

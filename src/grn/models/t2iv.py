@@ -13,7 +13,7 @@ The visual input is an embedding lookup: ``embedding_bag`` over a token's C labe
 §1.4), so the maths and the ``word_embed.weight`` shape ``[D, C·K]`` match the official network without a one-hot
 tensor. The head runs on visual tokens only (the official one also runs over text and padding). Parameter names
 are the official ones except that blocks are numbered flat (``blocks.{i}``) instead of
-``block_chunks.{c}.module.{j}``; :mod:`grn.models.t2iv_checkpoint` renames.
+``block_chunks.{c}.module.{j}``; :mod:`grn.checkpoints.official_t2iv` renames.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Official T2I/T2V weights (``GRN_T2I_2B.pth``, ``GRN_T2V_2B.pth``; facts §4.7, §7) -> :class:`T2IVNet`.
+"""Official T2I/T2V weights (``GRN_T2I_2B.pth``, ``GRN_T2V_2B.pth``; facts §4.7, §7) -> :class:`T2IVNet` (the
+``t2iv`` adapter: :func:`load_t2iv <grn.checkpoints.load_t2iv>` takes such a file directly, :func:`to_checkpoint`
+converts it).
 
 A released file is a flat state dict of 319 tensors. Names equal ours except for the blocks, which the official
 network keeps in FSDP chunks: ``block_chunks.{c}.module.{j}.…`` is our ``blocks.{c·n + j}.…`` with n blocks per
@@ -13,13 +15,19 @@ bits and d = 32, M = 4 indices), so ``target`` and ``hbq_rounds`` are given (rel
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from grn.checkpoints import read_checkpoint
+from grn.checkpoints.build import read_checkpoint
+from grn.checkpoints.layout import EXPORT_KEY, NET_PREFIX
+from grn.checkpoints.official import OfficialAdapter
 from grn.models.t2iv import T2IV_SIZES, T2IVNet, build_t2iv
+
+__all__ = ["ADAPTER", "from_official_keys", "infer_t2iv_config", "load_official_t2iv", "read_official_t2iv",
+           "t2iv_checkpoint", "to_official_keys"]
 
 _OFFICIAL_BLOCK = re.compile(r"^block_chunks\.(\d+)\.module\.(\d+)\.(.+)$")
 _OUR_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
@@ -87,9 +95,12 @@ def read_official_t2iv(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"official T2I/T2V checkpoint not found: {path} (GRN_T2I_2B.pth / GRN_T2V_2B.pth "
                                 "from the HF repo bytedance-research/GRN)")
-    state = read_checkpoint(path, mmap=True)
+    return _flat(read_checkpoint(path, mmap=True), path)
+
+
+def _flat(state: Any, source: Any) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a flat state dict (the released T2I/T2V files are)")
+        raise ValueError(f"{source} is not a flat state dict (the released T2I/T2V files are)")
     return state
 
 
@@ -114,16 +125,48 @@ def load_official_t2iv(
     return net.eval()
 
 
-def t2iv_checkpoint(path: str | Path, tokenizer_ckpt: str | None = None, hbq_rounds: int = 4,
-                    target: str = "bits") -> dict:
-    """An official T2I/T2V file as a project checkpoint: ``hyper_parameters.net`` (the Hydra config) and the weights
-    under ``net.``, like :func:`grn.models.convert.c2i_checkpoint` (the release has no EMA or optimiser)."""
-    state = from_official_keys(read_official_t2iv(path))
+def load(ckpt: Mapping[str, Any], source: Any, ema: str | None = "ema1", hbq_rounds: int = 4,
+         target: str = "bits") -> tuple[T2IVNet, dict[str, Any]]:
+    """The adapter's direct load: ``(net, hyper_parameters)`` as :func:`to_checkpoint` stores them. A release
+    holds one set of final weights (no EMAs), so ``ema`` does not choose, as for an export."""
+    state = _flat(dict(ckpt), source)
+    net = load_official_t2iv(state, hbq_rounds, target)
+    return net, _hyper_parameters(infer_t2iv_config(state, hbq_rounds, target), None)
+
+
+def _hyper_parameters(cfg: dict[str, Any], tokenizer_ckpt: str | None) -> dict[str, Any]:
+    return {"net": cfg, "tokenizer_ckpt": tokenizer_ckpt, "ema_decays": []}
+
+
+def to_checkpoint(ckpt: Mapping[str, Any], source: Any, tokenizer_ckpt: str | None = None, hbq_rounds: int = 4,
+                  target: str = "bits") -> dict[str, Any]:
+    """An official T2I/T2V state dict as a project checkpoint: ``hyper_parameters.net`` (the Hydra config) and the
+    weights under ``net.``, like :func:`grn.checkpoints.official_c2i.c2i_checkpoint`. The release has no EMA or
+    optimiser: the file is marked final (:data:`~grn.checkpoints.layout.EXPORT_KEY`), so it loads with any
+    ``ema``."""
+    state = from_official_keys(_flat(dict(ckpt), source))
     cfg = infer_t2iv_config(state, hbq_rounds, target)
     return {
-        "hyper_parameters": {"net": cfg, "tokenizer_ckpt": tokenizer_ckpt, "ema_decays": []},
-        "state_dict": {f"net.{k}": v for k, v in state.items()},
+        "hyper_parameters": _hyper_parameters(cfg, tokenizer_ckpt),
+        "state_dict": {NET_PREFIX + k: v for k, v in state.items()},
+        EXPORT_KEY: {"ema": None},
         "epoch": 0,
         "global_step": 0,
-        "converted_from": str(path),
+        "converted_from": str(source),
     }
+
+
+def t2iv_checkpoint(path: str | Path, tokenizer_ckpt: str | None = None, hbq_rounds: int = 4,
+                    target: str = "bits") -> dict:
+    """:func:`to_checkpoint` of the file at ``path`` (read once)."""
+    return to_checkpoint(read_official_t2iv(path), path, tokenizer_ckpt, hbq_rounds, target)
+
+
+def matches(ckpt: Mapping[str, Any]) -> bool:
+    """A flat dict of tensors with the text-to-image network's input embedding (``word_embed.weight``, or under a
+    DDP/FSDP ``module.`` prefix)."""
+    return ("word_embed.weight" in ckpt or "module.word_embed.weight" in ckpt) and all(
+        isinstance(v, torch.Tensor) for v in ckpt.values())
+
+
+ADAPTER = OfficialAdapter("t2iv", "t2iv", matches, load, to_checkpoint)

@@ -1,9 +1,11 @@
-"""Official HBQ tokenizer checkpoints → :class:`~grn.models.tokenizer.HBQTokenizer`.
+"""Official HBQ tokenizer checkpoints → :class:`~grn.models.tokenizer.HBQTokenizer` (the ``tokenizer`` adapter).
 
 An official file (``HBQ_image_tokenizer_16dim_M4.ckpt``, ``HBQ_tokenizer_64dim_M4.ckpt``; facts §2.4, §7) is a
 dict whose ``ema`` entry (else ``vae``) is the state dict of the official network: 196 tensors whose names and
 shapes are exactly those of :class:`HBQTokenizer` built with the official layout, so loading is a strict
 ``load_state_dict`` — no renaming. ``hbq_rounds`` (M) is not stored in the files (their names say "M4").
+:func:`load_tokenizer <grn.checkpoints.load_tokenizer>` takes such a file directly; :func:`to_checkpoint` turns
+it into a grn tokenizer checkpoint (``scripts/convert_official.py``).
 
     tok = load_official_tokenizer("HBQ_image_tokenizer_16dim_M4.ckpt", latent_dim=16)
     cfg = official_tokenizer_config(read_official_state(path))   # the Hydra config it implies
@@ -12,15 +14,19 @@ shapes are exactly those of :class:`HBQTokenizer` built with the official layout
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from grn.checkpoints import read_checkpoint
+from grn.checkpoints.build import read_checkpoint
+from grn.checkpoints.layout import EXPORT_KEY, TOKENIZER_PREFIX
+from grn.checkpoints.official import OfficialAdapter
 from grn.models.tokenizer import HBQTokenizer
 
 __all__ = [
+    "ADAPTER",
     "OFFICIAL_STATE_KEYS",
     "official_layout",
     "read_official_state",
@@ -56,14 +62,18 @@ def read_official_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(
             f"official tokenizer checkpoint not found: {path} (from the HF repo bytedance-research/GRN)"
         )
-    ckpt = read_checkpoint(path, mmap=True)
+    return _state(read_checkpoint(path, mmap=True), path)[1]
+
+
+def _state(ckpt: Any, source: Any) -> tuple[str, dict[str, torch.Tensor]]:
+    """``(entry, its weight dict)`` of a loaded official file: ``ema``, else ``vae``."""
     if not isinstance(ckpt, dict):
-        raise TypeError(f"{path}: expected a dict with an 'ema' or 'vae' entry, got {type(ckpt).__name__}")
+        raise TypeError(f"{source}: expected a dict with an 'ema' or 'vae' entry, got {type(ckpt).__name__}")
     for key in OFFICIAL_STATE_KEYS:
         if key in ckpt:
-            return ckpt[key]
+            return key, ckpt[key]
     raise ValueError(
-        f"{path}: no 'ema' or 'vae' entry (top-level keys: {sorted(ckpt)[:8]}); not an HBQ tokenizer file?"
+        f"{source}: no 'ema' or 'vae' entry (top-level keys: {sorted(ckpt)[:8]}); not an HBQ tokenizer file?"
     )
 
 
@@ -126,6 +136,49 @@ def _describe(keys: set[str], n: int = 4) -> str:
     return ", ".join(shown) + (f", … ({len(keys)} in all)" if len(keys) > n else "")
 
 
+def _checked(state: dict[str, torch.Tensor], source: Any, latent_dim: int | None,
+             hbq_rounds: int) -> tuple[HBQTokenizer, dict[str, Any]]:
+    """``(the implied HBQTokenizer on the meta device, its config)`` once ``state`` fits it exactly: every name, no
+    other, every shape (else one ValueError naming the file and the first offending tensor)."""
+    cfg = official_tokenizer_config(state, hbq_rounds)
+    if latent_dim is not None and cfg["latent_dim"] != latent_dim:
+        raise ValueError(f"{source}: the checkpoint has latent_dim {cfg['latent_dim']}, expected {latent_dim}")
+    kwargs = {k: v for k, v in cfg.items() if k != "_target_"}
+    with torch.device("meta"):  # no 700 M-parameter random init: the weights are assigned from the file
+        tok = HBQTokenizer(**kwargs)
+    expected = {k: v.shape for k, v in tok.state_dict().items()}
+    missing, extra = set(expected) - set(state), set(state) - set(expected)
+    if missing or extra:
+        parts = ([f"missing {_describe(missing)}"] if missing else []) + (
+            [f"unexpected {_describe(extra)}"] if extra else []
+        )
+        raise ValueError(f"{source}: not the official tokenizer layout: " + "; ".join(parts))
+    wrong = {k for k, shape in expected.items() if state[k].shape != shape}
+    if wrong:
+        k = min(wrong)
+        raise ValueError(
+            f"{source}: {len(wrong)} tensors have the wrong shape, e.g. {k}: {tuple(state[k].shape)}"
+            f" vs {tuple(expected[k])}"
+        )
+    return tok, cfg
+
+
+def tokenizer_from_state(
+    state: dict[str, torch.Tensor],
+    source: Any = "state dict",
+    latent_dim: int | None = None,
+    hbq_rounds: int = 4,
+    dtype: torch.dtype | None = None,
+) -> tuple[HBQTokenizer, dict[str, Any]]:
+    """``(HBQTokenizer holding an official-layout state dict, in eval mode, its _target_ config)``; the tensors
+    are assigned, not copied (memory-mapped ones stay so). Checks and arguments as :func:`load_official_tokenizer`."""
+    tok, cfg = _checked(state, source, latent_dim, hbq_rounds)
+    tok.load_state_dict(state, strict=True, assign=True)
+    if dtype is not None:
+        tok = tok.to(dtype)
+    return tok.eval(), cfg
+
+
 def load_official_tokenizer(
     path: str | Path,
     latent_dim: int | None = None,
@@ -147,29 +200,36 @@ def load_official_tokenizer(
         ValueError: the dict lacks ``ema``/``vae``, d differs from ``latent_dim``, or keys are missing /
             extra / of the wrong shape for the implied network (named in the message).
     """
-    state = read_official_state(path)
-    cfg = official_tokenizer_config(state, hbq_rounds)
-    if latent_dim is not None and cfg["latent_dim"] != latent_dim:
-        raise ValueError(f"{path}: the checkpoint has latent_dim {cfg['latent_dim']}, expected {latent_dim}")
-    kwargs = {k: v for k, v in cfg.items() if k != "_target_"}
-    with torch.device("meta"):  # no 700 M-parameter random init: the weights are assigned from the file
-        tok = HBQTokenizer(**kwargs)
-    expected = {k: v.shape for k, v in tok.state_dict().items()}
-    missing, extra = set(expected) - set(state), set(state) - set(expected)
-    if missing or extra:
-        parts = ([f"missing {_describe(missing)}"] if missing else []) + (
-            [f"unexpected {_describe(extra)}"] if extra else []
-        )
-        raise ValueError(f"{path}: not the official tokenizer layout: " + "; ".join(parts))
-    wrong = {k for k, shape in expected.items() if state[k].shape != shape}
-    if wrong:
-        k = min(wrong)
-        raise ValueError(
-            f"{path}: {len(wrong)} tensors have the wrong shape, e.g. {k}: {tuple(state[k].shape)}"
-            f" vs {tuple(expected[k])}"
-        )
-    tok.load_state_dict(state, strict=True, assign=True)
-    if dtype is not None:
-        tok = tok.to(dtype)
-    tok.eval()
+    tok, cfg = tokenizer_from_state(read_official_state(path), path, latent_dim, hbq_rounds, dtype)
     return (tok, cfg) if return_config else tok
+
+
+def load(ckpt: Mapping[str, Any], source: Any, ema: str | None = "ema1", latent_dim: int | None = None,
+         hbq_rounds: int = 4) -> tuple[HBQTokenizer, dict[str, Any]]:
+    """The adapter's direct load: the ``ema`` entry, else ``vae`` (a release holds one set of final weights, so
+    ``ema`` does not choose); returns ``(tokenizer, {"tokenizer": config})``."""
+    tok, cfg = tokenizer_from_state(_state(ckpt, source)[1], source, latent_dim, hbq_rounds)
+    return tok, {"tokenizer": cfg}
+
+
+def to_checkpoint(ckpt: Mapping[str, Any], source: Any, hbq_rounds: int = 4, **_: Any) -> dict[str, Any]:
+    """An official tokenizer file as a grn tokenizer checkpoint: ``hyper_parameters.tokenizer`` and the weights
+    under ``tokenizer.``, marked final (:data:`~grn.checkpoints.layout.EXPORT_KEY`: no EMA is applied on load).
+    Options other than ``hbq_rounds`` (a tokenizer checkpoint, a label target) do not apply and are ignored."""
+    entry, state = _state(ckpt, source)
+    _, cfg = _checked(state, source, None, hbq_rounds)
+    return {
+        "hyper_parameters": {"tokenizer": cfg},
+        "state_dict": {TOKENIZER_PREFIX + k: v for k, v in state.items()},
+        EXPORT_KEY: {"ema": "ema" if entry == "ema" else None},
+        "global_step": 0,
+        "converted_from": str(source),
+    }
+
+
+def matches(ckpt: Mapping[str, Any]) -> bool:
+    """A dict with an ``ema`` or ``vae`` weight dict."""
+    return any(isinstance(ckpt.get(k), Mapping) for k in OFFICIAL_STATE_KEYS)
+
+
+ADAPTER = OfficialAdapter("tokenizer", "tokenizer", matches, load, to_checkpoint)

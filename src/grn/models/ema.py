@@ -1,16 +1,31 @@
-"""Exponential moving average of a module's parameters, kept as buffers so it is checkpointed with the module."""
+"""Exponential moving average of a module's parameters, kept as buffers so it is checkpointed with the module.
+
+Pure torch (no Lightning): the Lightning modules train with it, and the checkpoint format
+(:mod:`grn.checkpoints.layout`) names its buffers with :func:`shadow_key`.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from grn.distributed.shards import reshard
+
+__all__ = ["EMA", "shadow_key"]
+
+
+def shadow_key(name: str) -> str:
+    """The buffer name of parameter ``name``'s average: ``blocks.0.w`` -> ``shadow__blocks__0__w`` (a buffer name
+    cannot hold dots)."""
+    return "shadow__" + name.replace(".", "__")
+
 
 class EMA(nn.Module):
     """Shadow copy of ``model``'s floating-point parameters.
 
-    The shadow tensors are registered buffers (``shadow.<param name with '.'→'__'>``), so they travel with
-    ``.to()``, land in ``state_dict()`` and are restored by ``load_state_dict()``.
+    The shadow tensors are float32 registered buffers named by :func:`shadow_key`, beside an int64 scalar
+    ``num_updates``, so they travel with ``.to()``, land in ``state_dict()`` and are restored by
+    ``load_state_dict()``.
 
     Args:
         model: the trained module (only read).
@@ -28,15 +43,11 @@ class EMA(nn.Module):
         self.names = [n for n, p in model.named_parameters() if p.dtype.is_floating_point]
         for name, p in model.named_parameters():
             if p.dtype.is_floating_point:
-                self.register_buffer(self._key(name), p.detach().clone().float())
+                self.register_buffer(shadow_key(name), p.detach().clone().float())
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
-    @staticmethod
-    def _key(name: str) -> str:
-        return "shadow__" + name.replace(".", "__")
-
     def _shadows(self) -> list[torch.Tensor]:
-        return [getattr(self, self._key(n)) for n in self.names]
+        return [getattr(self, shadow_key(n)) for n in self.names]
 
     def current_decay(self) -> float:
         n = int(self.num_updates)
@@ -53,8 +64,6 @@ class EMA(nn.Module):
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         """Write the averaged weights into ``model`` (in place)."""
-        from grn.distributed.fsdp import reshard
-
         params = dict(reshard(model).named_parameters())  # FSDP: the shards, not gathered copies
         for n, s in zip(self.names, self._shadows()):
             params[n].copy_(s.to(params[n].dtype))
@@ -67,7 +76,7 @@ class EMA(nn.Module):
 
         params = dict(model.named_parameters())
         for n in self.names:
-            p, key = params[n], self._key(n)
+            p, key = params[n], shadow_key(n)
             if isinstance(p, DTensor) and not isinstance(getattr(self, key), DTensor):
                 shadow = getattr(self, key).to(p.device_mesh.device_type)
                 setattr(self, key, distribute_tensor(shadow, p.device_mesh, p.placements))
