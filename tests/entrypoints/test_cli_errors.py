@@ -77,6 +77,8 @@ CASES = {
                      r"sampler\.cfg_interval=\[0\.6, 0\.4\] is invalid: .*0 <= lo <= hi <= 1"),
     "schedule": (["train.py", "task=tokenizer", "sampler.schedule=foo"],
                  r"sampler\.schedule='foo' is invalid: choose one of linear \| cosine"),
+    "precision": (["sample.py", "ckpt={gen}", "sampler.precision=fp16"],
+                  r"sampler\.precision='fp16' is invalid: choose one of auto \| fp32 \| bf16$"),
 }
 
 
@@ -146,6 +148,7 @@ def test_cli_errors_wraps_user_errors_only(capsys, monkeypatch):
     ({"bit_target": "both"}, r"choose one of null \| absolute \| relative"),
     ({"num_steps": 2.5}, r"num_steps=2\.5 is invalid: it must be an integer"),
     ({"revise": "yes"}, r"sampler\.revise='yes' is invalid: it must be true or false"),
+    ({"precision": "16-mixed"}, r"sampler\.precision='16-mixed' is invalid: choose one of auto \| fp32 \| bf16$"),
 ])
 def test_sampler_ranges(sampler, message):
     with pytest.raises(ConfigError, match=message):
