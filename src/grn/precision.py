@@ -10,8 +10,10 @@
 Why AVX512-BF16 counts and not only AMX: the rule was first written for AMX (bf16 matmul several times faster than
 fp32 on an AMX Xeon). On an AMD EPYC with ``avx512_bf16`` and no AMX (the machine this project is developed on)
 bf16 autocast was measured faster too: GRN sampling 2.4x (91.6 s fp32 vs 38.8 s bf16) and a generator training
-step 1.63-1.74x (``bench/sampler.py --precision compare``, ``bench/train_step.py``; docs/sampler.md). The
-``vdpbf16ps`` instruction does a bf16 dot product at twice the fp32 rate, so oneDNN's bf16 kernels win there too.
+step 1.63-1.74x; re-measured on a loaded machine (2026-12-02) 1.53x and 1.35x by the median, 1.93x and 1.96x by the
+best run (``bench/sampler.py --precision compare``, ``bench/train_step.py``; docs/sampler.md#precision), with
+digits-FID unchanged within its seed noise. The ``vdpbf16ps`` instruction does a bf16 dot product at twice the fp32
+rate, so oneDNN's bf16 kernels win there too.
 
 The flags are read from ``/proc/cpuinfo`` (Linux, x86); where that file is missing, PyTorch's own CPU probes are
 asked. Each decision is logged once per process, with the flag that decided it.
