@@ -36,7 +36,7 @@ test-cluster: $(STAMP) ## the cluster tests: as root, installs slurm-wlm + munge
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 bench: $(STAMP) ## run the benchmarks in bench/ (they print ratios; never part of the tests)
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean: ## remove caches of Python and pytest (never runs/ or user files)
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,5 +1,5 @@
-"""Hydra configs of the tiny class-conditional GRN the tests build (importable: tests/conftest.py puts this folder
-on sys.path)."""
+"""Hydra configs of the tiny networks the tests build (the class-conditional GRN, the GAN tokenizer and its
+discriminator) and their stand-in data (importable: tests/conftest.py puts this folder on sys.path)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,33 @@ def tiny_generator_config(latent_dim: int, hbq_rounds: int, num_classes: int, in
     token maps; ``extra`` adds keys such as ``target``."""
     return {"_target_": "grn.models.generator.build_generator", "size": "tiny", "latent_dim": latent_dim,
             "hbq_rounds": hbq_rounds, "num_classes": num_classes, "input_size": input_size, **extra}
+
+
+# a 2-stage HBQ tokenizer (stride 2) and a 2-layer PatchGAN: a GAN step takes milliseconds
+TINY_TOKENIZER = {
+    "_target_": "grn.models.tokenizer.HBQTokenizer",
+    "latent_dim": 4,
+    "hbq_rounds": 4,
+    "enc_channels": 8,
+    "dec_channels": 8,
+    "channel_mult": [1, 2],
+    "num_res_blocks": 1,
+}
+TINY_DISCRIMINATOR = {
+    "_target_": "grn.models.discriminator.PatchDiscriminator",
+    "base_channels": 8,
+    "num_layers": 2,
+}
+
+
+def smooth_images(n: int, size: int = 16, seed: int = 0):
+    """Low-frequency colour images in [-1, 1], ``[n, 3, size, size]`` (learnable in a few steps)."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
+    return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def input_dependent_init(net):

@@ -84,6 +84,8 @@ CASES = {
                  r"stages\.c2i\.lit_module\.lr=-0\.1 is invalid: .*> 0"),
     "channel_mult": (["train.py", "task=tokenizer", "model.tokenizer.channel_mult=[1,0]"],
                     r"stages\.tokenizer\.lit_module\.tokenizer\.channel_mult\[1\]=0 is invalid"),
+    "precision": (["sample.py", "ckpt={gen}", "sampler.precision=fp16"],
+                  r"sampler\.precision='fp16' is invalid: choose one of auto \| fp32 \| bf16$"),
 }
 
 
@@ -153,6 +155,7 @@ def test_cli_errors_wraps_user_errors_only(capsys, monkeypatch):
     ({"bit_target": "both"}, r"choose one of null \| absolute \| relative"),
     ({"num_steps": 2.5}, r"num_steps=2\.5 is invalid: it must be an integer"),
     ({"revise": "yes"}, r"sampler\.revise='yes' is invalid: it must be true or false"),
+    ({"precision": "16-mixed"}, r"sampler\.precision='16-mixed' is invalid: choose one of auto \| fp32 \| bf16$"),
 ])
 def test_sampler_ranges(sampler, message):
     with pytest.raises(ConfigError, match=message):

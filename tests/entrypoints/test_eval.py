@@ -44,6 +44,20 @@ def test_balanced_batches_cover_every_index_once_whatever_the_world_size():
     assert torch.equal(torch.bincount(classes), torch.full((10,), 5))
 
 
+def test_sampler_settings_record_the_resolved_precision(monkeypatch):
+    """precision=auto is recorded as the dtype that ran (so the settings digest tells bf16 from fp32 results)."""
+    from grn import precision as P
+    from grn.entrypoints.eval import sampler_settings
+
+    monkeypatch.setattr(P, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert sampler_settings({"precision": "auto", "seed": 3, "num_steps": 2}, "cpu") == {
+        "precision": "bf16", "num_steps": 2}
+    assert sampler_settings({"precision": "auto"}, "cuda:0")["precision"] == "bf16"
+    monkeypatch.setattr(P, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert sampler_settings({"precision": "auto"}, "cpu")["precision"] == "fp32"
+    assert sampler_settings({"precision": "bf16"}, "cpu")["precision"] == "bf16"
+
+
 def test_eval_writes_metrics_settings_and_grid(compose_cfg, ckpts, tmp_path):
     gen, tok, shared = ckpts
     cfg = compose_cfg(

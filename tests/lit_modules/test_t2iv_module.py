@@ -103,3 +103,23 @@ def test_fit_lowers_loss_reloads_and_samples(tmp_path):
     video = sample_t2iv(net, m.encode_captions, ["a handwritten one"], (4, 3, 4, 4),
                         torch.Generator().manual_seed(0), num_steps=3)
     assert video.labels.shape == (1, 2, 3, 4, 4)
+
+
+def test_bf16_sampling_from_captions():
+    """sampler.precision=bf16 for T2I: the blocks' matmuls run in bf16, the label head (the logits the sampler
+    draws from) in fp32; the labels have the fp32 shape and range and repeat for the same seed."""
+    m = module()
+    net = m.net.eval()
+    with torch.no_grad():
+        for p in net.head.parameters():  # the head starts at zero: give the logits something to follow
+            p.normal_(0, 0.5)
+    seen = {"attn": set(), "head": set()}
+    net.blocks[0].attn.q_proj.register_forward_hook(lambda mod, i, out: seen["attn"].add(out.dtype))
+    net.head.register_forward_hook(lambda mod, i, out: seen["head"].add(out.dtype))
+    captions = ["a handwritten one", "a handwritten zero"]
+    opts = dict(num_steps=3, cfg_scale=2.0, precision="bf16")
+    res = sample_t2iv(net, m.encode_captions, captions, (4, 4, 4), torch.Generator().manual_seed(0), **opts)
+    again = sample_t2iv(net, m.encode_captions, captions, (4, 4, 4), torch.Generator().manual_seed(0), **opts)
+    assert seen == {"attn": {torch.bfloat16}, "head": {torch.float32}}
+    assert res.labels.shape == (2, 2, 4, 4) and res.labels.min() >= 0 and res.labels.max() < 4
+    assert torch.equal(res.labels, again.labels)

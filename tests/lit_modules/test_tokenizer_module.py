@@ -3,7 +3,6 @@
 import lightning as L
 import pytest
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
@@ -11,28 +10,11 @@ from torch.utils.data import DataLoader, Dataset
 from grn.lit_modules.tokenizer import TokenizerLitModule
 from grn.models.tokenizer import HBQTokenizer
 
-TOKENIZER = {
-    "_target_": "grn.models.tokenizer.HBQTokenizer",
-    "latent_dim": 4,
-    "hbq_rounds": 4,
-    "enc_channels": 8,
-    "dec_channels": 8,
-    "channel_mult": [1, 2],
-    "num_res_blocks": 1,
-}
-DISCRIMINATOR = {
-    "_target_": "grn.models.discriminator.PatchDiscriminator",
-    "base_channels": 8,
-    "num_layers": 2,
-}
+from tiny_nets import TINY_DISCRIMINATOR as DISCRIMINATOR
+from tiny_nets import TINY_TOKENIZER as TOKENIZER
+from tiny_nets import smooth_images
+
 STEPS = 20
-
-
-def smooth_images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
-    """Low-frequency colour images in [-1, 1], ``[n, 3, size, size]`` (learnable in a few steps)."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
-    return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
 
 
 class RepeatedBatch(Dataset):

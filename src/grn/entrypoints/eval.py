@@ -80,11 +80,16 @@ def balanced_batches(num_classes: int, num_per_class: int, batch_size: int, rank
     ]
 
 
-def sampler_settings(sampler: DictConfig | dict) -> dict[str, Any]:
+def sampler_settings(sampler: DictConfig | dict, device: str = "cpu") -> dict[str, Any]:
+    """The sampler keys as plain values, without ``seed`` (passed apart), and ``precision: auto`` resolved for
+    ``device``: the settings record says which dtype produced the images (and its digest tells them apart)."""
     from grn.lit_modules.config import plain_config
+    from grn.precision import resolve_precision
 
     opts = dict(plain_config(sampler))
     opts.pop("seed", None)
+    if "precision" in opts:
+        opts["precision"] = resolve_precision(opts["precision"], device)
     return opts
 
 
@@ -359,7 +364,7 @@ def run(cfg: DictConfig) -> Path:
     pipe = GRNPipeline.from_checkpoint(
         cfg.ckpt, tokenizer_ckpt=cfg.tokenizer_ckpt, ema=cfg.ema, device=device
     )
-    sampler = sampler_settings(cfg.sampler)
+    sampler = sampler_settings(cfg.sampler, device)
     seed = int(cfg.seed)
     settings = settings_record(cfg.ckpt, pipe.tokenizer_ckpt, cfg.ema, sampler, seed, cfg.eval)
     out = Path(cfg.out) if cfg.out else default_out(cfg.ckpt, settings)

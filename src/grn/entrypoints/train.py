@@ -75,6 +75,23 @@ def validate(cfg: DictConfig) -> list[str]:
     return names
 
 
+def trainer_precision(trainer: DictConfig) -> Any:
+    """``trainer.precision``, with ``auto`` resolved (:mod:`grn.precision`): ``bf16-mixed`` on CUDA and on CPUs
+    with native bf16 matmul, else ``32-true``. Under ``trainer=fsdp`` ``auto`` is ``32-true``: the strategy's
+    mixed-precision policy does the casting there, and autocast on top of it would cast twice."""
+    from grn.precision import lightning_precision
+
+    precision = trainer.get("precision")
+    if precision != "auto":
+        return precision
+    strategy = trainer.get("strategy")
+    target = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else ""
+    if target.endswith("FSDP2Strategy"):
+        log.info("trainer.precision=auto under FSDP2Strategy: 32-true (trainer.strategy.mixed_precision casts)")
+        return "32-true"
+    return lightning_precision("auto", trainer.get("accelerator"))
+
+
 def resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
     if cfg.ckpt_path == "auto":
         from grn.checkpoints.files import newest_checkpoint
@@ -200,6 +217,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train the configured stages (and the report, if asked); returns ``{stage: last checkpoint, ...}``."""
     names = validate(cfg)
     import lightning as L
+
+    if cfg.get("trainer") is not None and cfg.trainer.get("precision") == "auto":
+        with open_dict(cfg):  # resolved once, so every stage and the printed config show what runs
+            cfg.trainer.precision = trainer_precision(cfg.trainer)
 
     if cfg.extras.get("ignore_warnings"):
         quiet_warnings()

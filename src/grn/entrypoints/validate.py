@@ -68,6 +68,7 @@ def _flag(key: str, value: Any) -> None:
 
 def check_sampler(sampler: Mapping | None, prefix: str = "sampler") -> None:
     """The sampler keys of ``conf/sampler`` (those present), each in range and consistent with the schedule."""
+    from grn.precision import PRECISIONS
     from grn.sampling.guidance import GUIDANCE_TYPES, check_interval
     from grn.sampling.schedules import SCHEDULES
     from grn.sampling.selection import SELECTIONS
@@ -87,7 +88,7 @@ def check_sampler(sampler: Mapping | None, prefix: str = "sampler") -> None:
         if name in s:
             number(key(name), s[name], **bounds)
     for name, choices in (("schedule", SCHEDULES), ("cfg_type", GUIDANCE_TYPES), ("selection", SELECTIONS),
-                          ("bit_target", (None, "absolute", "relative"))):
+                          ("bit_target", (None, "absolute", "relative")), ("precision", PRECISIONS)):
         if name in s:
             choice(key(name), s[name], choices)
     for name in ("revise", "compile"):

@@ -17,6 +17,7 @@ from grn import hbq
 from grn.lit_modules.config import plain_hparams
 from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.generator import GRN
+from grn.precision import autocast
 from grn.sampling.refine import RefineResult, refine
 
 
@@ -145,9 +146,12 @@ def sample_labels(
         sampler: the ``sampler`` config keys (num_steps, cfg_scale, cfg_interval, temperature, schedule, ...);
             ``seed`` is ignored here: pass a seeded ``generator``. ``compile=True`` runs the network through
             ``torch.compile`` (compiled once per network and kept; the first call pays the compile time).
+            ``precision`` (``fp32``, the default, | ``bf16`` | ``auto``, :mod:`grn.precision`) runs the network
+            passes under bf16 autocast; the logits stay fp32 (the network's output layer), and so do the draws.
     """
     opts = {k: v for k, v in sampler.items() if k != "seed"}
     forward = compiled_forward(net) if opts.pop("compile", False) else net
+    precision = opts.pop("precision", "fp32")
     trained = getattr(net, "bit_target", "absolute")
     asked = opts.pop("bit_target", None)
     if asked is not None and asked != trained:
@@ -158,18 +162,19 @@ def sample_labels(
     was_training = net.training
     net.eval()
     try:
-        result = refine(
-            forward,
-            classes,
-            (net.label_channels, net.input_size, net.input_size),
-            net.num_levels,
-            null_class=net.num_classes,
-            generator=generator,
-            known=known,
-            region=region,
-            bit_target=trained,
-            **opts,
-        )
+        with autocast(precision, classes.device):
+            result = refine(
+                forward,
+                classes,
+                (net.label_channels, net.input_size, net.input_size),
+                net.num_levels,
+                null_class=net.num_classes,
+                generator=generator,
+                known=known,
+                region=region,
+                bit_target=trained,
+                **opts,
+            )
     finally:
         net.train(was_training)
     if net.target == "bits":

@@ -29,6 +29,7 @@ from grn.lit_modules.generator import mix_with_noise
 from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
+from grn.precision import autocast
 from grn.sampling.refine import RefineResult
 from grn.sampling.text_guidance import pad_texts, sample_text_to_labels
 
@@ -218,8 +219,10 @@ def sample_t2iv(
     **sampler: Any,
 ) -> RefineResult:
     """Run the refinement sampler with text conditioning; ``encode`` maps captions to ``[L_i, D]`` features.
-    Returns index labels ``[B, d, (T,) h, w]`` (bits are converted). Guidance uses ``negative_prompt``."""
-    opts = {k: v for k, v in sampler.items() if k not in ("seed", "bit_target", "compile")}
+    Returns index labels ``[B, d, (T,) h, w]`` (bits are converted). Guidance uses ``negative_prompt``.
+    ``precision`` (``fp32`` | ``bf16`` | ``auto``, :mod:`grn.precision`): bf16 autocast for the network passes;
+    the label head, and so the logits the sampler draws from, stay fp32."""
+    opts = {k: v for k, v in sampler.items() if k not in ("seed", "bit_target", "compile", "precision")}
     if sampler.get("compile"):
         log.warning("sampler.compile applies to the class-conditional sampler; T2I/T2V sampling runs eagerly")
     texts = encode(list(captions))
@@ -227,8 +230,9 @@ def sample_t2iv(
     was_training = net.training
     net.eval()
     try:
-        result = sample_text_to_labels(net, texts, label_shape, negative_texts=negative, generator=generator,
-                                       first_frame=first_frame, **opts)
+        with autocast(sampler.get("precision", "fp32"), next(net.parameters()).device):
+            result = sample_text_to_labels(net, texts, label_shape, negative_texts=negative, generator=generator,
+                                           first_frame=first_frame, **opts)
     finally:
         net.train(was_training)
     if net.target == "bits":

@@ -133,7 +133,9 @@ class Attention(nn.Module):
         q = apply_rope(self.q_norm(q), cos, sin)
         k = apply_rope(self.k_norm(k), cos, sin)
         p = self.dropout if self.training else 0.0
-        if self.flash is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        # q's dtype, not x's: under autocast the residual stream (x) stays fp32 while the qkv projection, and so
+        # q, k and v, are bf16; flash-attn takes half-precision inputs only
+        if self.flash is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
             # flash-attn takes [B, L, heads, head_dim]
             out = self.flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p)
             return self.proj(out.reshape(b, n, -1))
