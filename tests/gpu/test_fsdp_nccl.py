@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grn.distributed.export import load_consolidated
+from grn.checkpoints import load_consolidated
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")]
 
