@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from grn.checkpoints import load_t2iv
-from grn.lit_modules.t2iv import T2IVLitModule, sample_t2iv, shift_keep_prob
+from grn.lit_modules.t2iv import T2IVLitModule, sample_t2iv
 
 NET = {"_target_": "grn.models.t2iv.build_t2iv", "size": "tiny", "latent_dim": 2, "hbq_rounds": 2,
        "target": "bits", "text_dim": 16}
@@ -25,15 +25,6 @@ def batch(n=4, frames=None, seed=0):
     y = torch.arange(n) % 2
     tokens = (y.view(-1, *[1] * (len(shape) - 1)) * 3 + torch.randint(0, 2, shape, generator=g)) % 4
     return {"tokens": tokens, "caption": [f"a handwritten {'one' if v else 'zero'}" for v in y.tolist()]}
-
-
-def test_shift_keep_prob():
-    t = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
-    s = shift_keep_prob(t, 4.0)
-    assert s.median().item() == pytest.approx(0.2, abs=0.01)  # facts §4.4: median 0.2, quartiles 0.077 / 0.429
-    assert s.quantile(0.25).item() == pytest.approx(0.077, abs=0.01)
-    assert s.quantile(0.75).item() == pytest.approx(0.429, abs=0.01)
-    torch.testing.assert_close(shift_keep_prob(t, 1.0), t)
 
 
 def test_loss_is_a_mean_over_samples_not_tokens():

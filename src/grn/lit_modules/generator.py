@@ -17,27 +17,9 @@ from grn import hbq
 from grn.lit_modules.config import plain_hparams
 from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.generator import GRN
+from grn.objective import mix_with_noise, sample_keep_prob
 from grn.precision import autocast
 from grn.sampling.refine import RefineResult, refine
-
-
-def mix_with_noise(
-    labels: torch.Tensor, keep_prob: torch.Tensor, num_levels: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Each label stays with probability ``keep_prob[b]``, else becomes a fresh uniform label (facts §3.3).
-
-    labels ``[B, C, h, w]``, keep_prob ``[B]`` -> ``[B, C, h, w]``.
-    """
-    shape = labels.shape
-    kp = keep_prob.view(-1, *([1] * (labels.dim() - 1)))
-    noise = torch.randint(0, num_levels, shape, device=labels.device, generator=generator)
-    keep = torch.rand(shape, device=labels.device, generator=generator) < kp
-    return torch.where(keep, labels, noise)
-
-
-def sample_keep_prob(batch: int, mean: float, std: float, device, generator=None) -> torch.Tensor:
-    """t = sigmoid(N(mean, std^2)) per sample (official P_mean -0.8, P_std 0.8)."""
-    return torch.sigmoid(torch.randn(batch, device=device, generator=generator) * std + mean)
 
 
 class GeneratorLitModule(RefinementLitModule):

@@ -25,22 +25,15 @@ from hydra.utils import instantiate
 
 from grn import hbq
 from grn.lit_modules.config import plain_hparams
-from grn.lit_modules.generator import mix_with_noise
 from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
+from grn.objective import mix_with_noise, sample_keep_prob
 from grn.precision import autocast
 from grn.sampling.refine import RefineResult
 from grn.sampling.text_guidance import pad_texts, sample_text_to_labels
 
 log = logging.getLogger(__name__)
-
-
-def shift_keep_prob(keep_prob: torch.Tensor, shift: float) -> torch.Tensor:
-    """SD3-style shift towards more noise (facts §4.4): with n = 1 - t, n' = s·n / (1 + (s - 1)·n), t' = 1 - n'.
-    ``shift`` 1 is the identity; the released models were trained with 4 (median t' = 0.2 for uniform t)."""
-    n = 1.0 - keep_prob
-    return 1.0 - shift * n / (1.0 + (shift - 1.0) * n)
 
 
 class T2IVLitModule(RefinementLitModule):
@@ -52,7 +45,7 @@ class T2IVLitModule(RefinementLitModule):
             ``tiny_text_encoder`` in test/demo configs).
         tokenizer_ckpt: the frozen tokenizer the tokens came from (recorded for decoding at sample time).
         caption_drop_prob: share of captions replaced by ``""`` (the unconditional branch for guidance).
-        keep_prob_shift: the shift of :func:`shift_keep_prob` (4 as the released models).
+        keep_prob_shift: the shift of :func:`grn.objective.shift_keep_prob` (4 as the released models).
         keep_prob_std: > 0: t = sigmoid(N(keep_prob_mean, std²)) before the shift; <= 0: t ~ U(0, 1) (official).
         lr, betas, weight_decay, warmup_steps, grad_clip: AdamW (official CLI: 2e-5, (0.9, 0.999), 0.005, 100,
             2.0); 1-D parameters and biases get no weight decay; linear warm-up then constant.
@@ -144,13 +137,10 @@ class T2IVLitModule(RefinementLitModule):
 
     # ---- training --------------------------------------------------------------------------------------------
     def sample_keep_prob(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[n]`` keep-probabilities of this trainer's distribution, shifted (:mod:`grn.objective`)."""
         hp = self.hparams
-        if hp.keep_prob_std > 0:
-            t = torch.sigmoid(torch.randn(n, device=self.device, generator=generator) * hp.keep_prob_std
-                              + hp.keep_prob_mean)
-        else:
-            t = torch.rand(n, device=self.device, generator=generator)
-        return shift_keep_prob(t, hp.keep_prob_shift)
+        return sample_keep_prob(n, hp.keep_prob_mean, hp.keep_prob_std, self.device, generator,
+                                shift=hp.keep_prob_shift)
 
     def objective(self, batch: Mapping[str, Any], generator: torch.Generator | None = None, drop: bool = True):
         """Loss of the official trainer: per-element cross-entropy, averaged over each sample's tokens, then an

@@ -20,13 +20,9 @@ import math
 
 import torch
 
+from grn.objective import shift_keep_prob
+
 SCHEDULES = ("linear", "cosine", "complexity_aware", "complexity_aware_official")
-
-
-def shift_keep_prob(t: torch.Tensor, shift: float) -> torch.Tensor:
-    """SD3-style shift towards more noise: n = 1 - t, n' = s·n / (1 + (s - 1)·n), t' = 1 - n'."""
-    n = 1.0 - t
-    return 1.0 - shift * n / (1.0 + (shift - 1.0) * n)
 
 
 def keep_prob(step: int | torch.Tensor, total: torch.Tensor, schedule: str = "linear", snr_shift: float = 1.0) -> torch.Tensor:

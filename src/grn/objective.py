@@ -1,0 +1,51 @@
+"""The refinement objective's inputs, shared by every trainer (C2I and T2I/T2V): the keep-probability t drawn per
+sample, its SD3-style shift, and the token map in which each label survives with probability t (facts §3.3, §4.4).
+
+Pure functions over tensors; no Lightning. The sampler's schedules use :func:`shift_keep_prob` too (the cosine
+schedule with ``snr_shift``), so training and sampling shift t the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["mix_with_noise", "sample_keep_prob", "shift_keep_prob"]
+
+
+def shift_keep_prob(keep_prob: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3-style shift towards more noise: with n = 1 - t, n' = s·n / (1 + (s - 1)·n), t' = 1 - n'.
+
+    ``keep_prob`` any shape -> the same shape. ``shift`` 1 is the identity (up to rounding); the released T2I/T2V
+    models were trained with 4 (median t' = 0.2 for uniform t).
+    """
+    n = 1.0 - keep_prob
+    return 1.0 - shift * n / (1.0 + (shift - 1.0) * n)
+
+
+def sample_keep_prob(batch: int, mean: float, std: float, device: torch.device | str,
+                     generator: torch.Generator | None = None, shift: float | None = None) -> torch.Tensor:
+    """The keep-probability of each training sample: ``[batch]`` float32.
+
+    ``std > 0``: t = sigmoid(N(mean, std²)) (the official C2I recipe: mean -0.8, std 0.8); ``std <= 0``:
+    t ~ U(0, 1) (the official T2I/T2V default). ``shift`` (None: none) then applies :func:`shift_keep_prob`; the
+    C2I trainer passes None, so its draws are exactly the unshifted ones.
+    """
+    if std > 0:
+        t = torch.sigmoid(torch.randn(batch, device=device, generator=generator) * std + mean)
+    else:
+        t = torch.rand(batch, device=device, generator=generator)
+    return t if shift is None else shift_keep_prob(t, shift)
+
+
+def mix_with_noise(labels: torch.Tensor, keep_prob: torch.Tensor, num_levels: int,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each label stays with probability ``keep_prob[b]``, else becomes a fresh uniform label in ``[0, num_levels)``.
+
+    labels ``[B, C, (T,) h, w]`` int64, keep_prob ``[B]`` -> ``[B, C, (T,) h, w]`` int64. The noise is drawn before
+    the keep mask, in this order, so a seeded generator replays a training step exactly.
+    """
+    shape = labels.shape
+    kp = keep_prob.view(-1, *([1] * (labels.dim() - 1)))
+    noise = torch.randint(0, num_levels, shape, device=labels.device, generator=generator)
+    keep = torch.rand(shape, device=labels.device, generator=generator) < kp
+    return torch.where(keep, labels, noise)
