@@ -7,6 +7,9 @@ results. The task (the ``task`` group that training uses too) picks the protocol
   ranks of ``torchrun`` (:func:`grn.metrics.c2i.evaluate`); a class grid PNG beside the JSON.
 * ``task=tokenizer``: PSNR, SSIM, LPIPS and rFID on held-out data and a side-by-side PNG
   (:mod:`grn.entrypoints.eval_tokenizer`).
+* ``task=t2i`` / ``task=t2v``: caption-conditional accuracy of a T2I model, direction and digit accuracy of a T2V
+  model plus its image-to-video measurement, on captioned (moving) digits (:mod:`grn.entrypoints.eval_t2iv`,
+  :mod:`grn.metrics.t2iv_digits`); sample grids beside the JSON.
 
 The JSON records the metrics and every setting that produced them (:func:`grn.metrics.protocol.settings_record`);
 its default name carries a digest of those settings (:func:`grn.metrics.protocol.eval_path`).
@@ -72,9 +75,10 @@ def report(
 
 
 def eval_task(cfg: DictConfig) -> str:
-    """``c2i`` or ``tokenizer``: the stage the chosen ``task`` config defines (eval reuses the train task group)."""
+    """``c2i``, ``tokenizer``, ``t2i`` or ``t2v``: the stage the chosen ``task`` config defines (eval reuses the
+    train task group)."""
     stages = list(cfg.get("stages") or {})
-    return "tokenizer" if stages == ["tokenizer"] else "c2i"
+    return stages[0] if stages in (["tokenizer"], ["t2i"], ["t2v"]) else "c2i"
 
 
 def run(cfg: DictConfig) -> Path:
@@ -84,6 +88,10 @@ def run(cfg: DictConfig) -> Path:
         from grn.entrypoints.eval_tokenizer import run_tokenizer
 
         return run_tokenizer(cfg)
+    if task in ("t2i", "t2v"):
+        from grn.entrypoints.eval_t2iv import run_t2iv
+
+        return run_t2iv(cfg, task, sampler_settings(cfg.sampler))
     from grn.io import atomic_write_json
     from grn.metrics.c2i import evaluate, save_class_grid
     from grn.metrics.distributed import init_distributed
