@@ -40,7 +40,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from grn.entrypoints.common import CONF_DIR
-from grn.entrypoints.eval import evaluate
+from grn.metrics.c2i import evaluate
 from grn.pipeline import GRNPipeline
 
 PARTS = ("sweep", "best", "selection", "steps", "complexity", "bit", "training", "revision")

@@ -13,6 +13,7 @@ from grn.models.ema import EMA
 from grn.lit_modules.t2iv import T2IVLitModule
 from grn.pipeline import GRNPipeline
 from grn.text_pipeline import TextPipeline
+from tiny_nets import tiny_t2iv_config, tiny_text_encoder_config
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +26,8 @@ def ckpts(tmp_path_factory):
     state.update({f"ema.{k}": v for k, v in EMA(tok, 0.0).state_dict().items()})
     tok_path = root / "tokenizer.ckpt"
     torch.save({"hyper_parameters": {"tokenizer": cfg}, "state_dict": state}, tok_path)
-    module = T2IVLitModule(
-        net={"_target_": "grn.models.t2iv.build_t2iv", "size": "tiny", "latent_dim": cfg["latent_dim"],
-             "hbq_rounds": cfg["hbq_rounds"], "target": "bits", "text_dim": 16},
-        text_encoder={"_target_": "grn.models.text_encoder.tiny_text_encoder", "dim": 16, "num_layers": 1,
-                      "num_heads": 2},
-        tokenizer_ckpt=str(tok_path),
-    )
+    module = T2IVLitModule(net=tiny_t2iv_config(cfg["latent_dim"], cfg["hbq_rounds"]),
+                           text_encoder=tiny_text_encoder_config(), tokenizer_ckpt=str(tok_path))
     gen_path = root / "t2v.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, gen_path)
     return gen_path, tok_path

@@ -1,5 +1,6 @@
-"""Hydra configs of the tiny networks the tests build (the class-conditional GRN, the GAN tokenizer and its
-discriminator) and their stand-in data (importable: tests/conftest.py puts this folder on sys.path)."""
+"""Hydra configs of the tiny networks the tests build (the class-conditional GRN, the T2I/T2V net and its text
+encoder, the GAN tokenizer and its discriminator) and their stand-in data (importable: tests/conftest.py puts this
+folder on sys.path)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,14 @@ def random_captions(*lens: int, dim: int, seed: int = 0):
 
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(n, dim, generator=g) for n in lens]
+
+
+def tiny_t2iv_config(latent_dim: int, hbq_rounds: int, text_dim: int = 16, **extra: Any) -> dict[str, Any]:
+    """``grn.models.t2iv.build_t2iv`` at size ``tiny`` (bit target) for captions of width ``text_dim``."""
+    return {"_target_": "grn.models.t2iv.build_t2iv", "size": "tiny", "latent_dim": latent_dim,
+            "hbq_rounds": hbq_rounds, "target": "bits", "text_dim": text_dim, **extra}
+
+
+def tiny_text_encoder_config(dim: int = 16) -> dict[str, Any]:
+    """``grn.models.text_encoder.tiny_text_encoder`` with one layer of two heads."""
+    return {"_target_": "grn.models.text_encoder.tiny_text_encoder", "dim": dim, "num_layers": 1, "num_heads": 2}

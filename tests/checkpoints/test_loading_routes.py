@@ -1,6 +1,6 @@
 """Every way a checkpoint is loaded refuses crafted files before anything in them runs: load_generator, load_t2iv,
 load_tokenizer (grn.checkpoints and the TokenizerLitModule alias), TextPipeline (text encoder),
-GRNPipeline.from_pretrained (c2i, t2i), sample.py, eval.py (c2i and tokenizer), scripts/cache_tokens.py,
+GRNPipeline.from_pretrained (c2i, t2i), sample.py, eval.py (c2i, tokenizer and t2i), scripts/cache_tokens.py,
 scripts/t2iv_digits_eval.py, train.py task=c2i (the stage's token datamodule) and Lightning's load_from_checkpoint
 of the modules. Each payload would create a marker file if it ran; legitimate checkpoints still load. Loading is
 memory-mapped and pulls in no Lightning."""
@@ -102,6 +102,8 @@ ROUTES = {
     "eval_c2i_tokenizer": ("tok", "tokenizer",
                            lambda ctx, p: _eval(ctx, f"ckpt={ctx['legit']['gen']}", f"tokenizer_ckpt={p}")),
     "eval_tokenizer": ("tok", "tokenizer", lambda ctx, p: _eval(ctx, f"ckpt={p}", "task=tokenizer")),
+    "eval_t2i": ("t2i", "net", lambda ctx, p: _eval(ctx, f"ckpt={p}", "task=t2i")),
+    "eval_t2i_encoder": ("t2i", "text_encoder", lambda ctx, p: _eval(ctx, f"ckpt={p}", "task=t2i")),
     "cache_tokens_script": ("tok", "tokenizer", _cache_tokens),
     "t2iv_digits_eval_script": ("t2i", "text_encoder",
                                 lambda ctx, p: load_script("t2iv_digits_eval").load_with_encoder(p)),

@@ -70,6 +70,8 @@ CASES = {
     "max_steps_-1": (["train.py", "task=tokenizer", "max_steps=-1"], r"max_steps=-1 is invalid: .*max_epochs"),
     # eval
     "num_per_class": (["eval.py", "ckpt={gen}", "eval.num_per_class=-1"], r"eval\.num_per_class=-1 is invalid"),
+    "t2iv_frames": (["eval.py", "task=t2v", "ckpt={gen}", "t2iv.frames=6"],
+                    r"t2iv\.frames=6 is invalid: clips have 1 \+ 4k frames"),
     # sampler (one validator for all three entry points)
     "cfg_scale": (["eval.py", "ckpt={gen}", "sampler.cfg_scale=-1"], r"sampler\.cfg_scale=-1 is invalid: .*>= 0"),
     "num_steps": (["sample.py", "ckpt={gen}", "sampler.num_steps=0"], r"sampler\.num_steps=0 is invalid"),

@@ -1,17 +1,17 @@
 """eval.py: the protocol from config (balanced classes, FID/IS with a stand-in extractor, PNG round trip), the
-JSON with every setting, world-size independence of the batches, the tokenizer task, and one-line errors."""
+JSON with every setting, the tokenizer task, and one-line errors. The world-size independence of the batches is
+tested with the library, tests/metrics/test_protocol.py."""
 
 import json
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from eval_fixtures import make_checkpoints  # noqa: E402
 
-from grn.entrypoints.eval import balanced_batches, run  # noqa: E402
+from grn.entrypoints.eval import run  # noqa: E402
 
 FAST = ["eval.num_per_class=2", "eval.batch_size=8", "sampler.num_steps=2", "eval.fid.isc_splits=2"]
 
@@ -31,17 +31,6 @@ def ckpts(tmp_path_factory):
         digits.train_digits_classifier = train
     shared = [f"eval.classifier_cache={folder}/digits.pt", f"eval.fid.reference_stats={folder}/ref.npz"]
     return gen, tok, shared
-
-
-def test_balanced_batches_cover_every_index_once_whatever_the_world_size():
-    one = balanced_batches(10, 5, 8)
-    assert [b for b, _ in one] == list(range(7))
-    for world in (2, 3):
-        parts = [balanced_batches(10, 5, 8, r, world) for r in range(world)]
-        merged = sorted((b, tuple(i.tolist())) for p in parts for b, i in p)
-        assert merged == [(b, tuple(i.tolist())) for b, i in one]  # same batches, same seeds (seed + b)
-    classes = torch.cat([i for _, i in one]) // 5
-    assert torch.equal(torch.bincount(classes), torch.full((10,), 5))
 
 
 def test_sampler_settings_record_the_resolved_precision(monkeypatch):

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from grn.callbacks.media import log_scalars
 from grn.callbacks.sampling import GeneratorSampler, PeriodicGeneratorCallback
 from grn.metrics.fid import FidIsAccumulator, build_feature_extractor, to_uint8
+from grn.metrics.protocol import balanced_batches, metric_name
 
 __all__ = ["FidIsProxy"]
 
@@ -84,8 +85,6 @@ class FidIsProxy(PeriodicGeneratorCallback):
 
     @torch.no_grad()
     def record(self, trainer: L.Trainer, pl_module) -> dict[str, float]:
-        from grn.entrypoints.eval import balanced_batches
-
         acc = self.accumulator(pl_module.device)
         num_classes = pl_module.net.num_classes
         for b, index in balanced_batches(
@@ -95,9 +94,9 @@ class FidIsProxy(PeriodicGeneratorCallback):
             acc.update(to_uint8(images), index)
         scores = acc.compute(self._reference)
         n = scores["num_images"]
-        prefix = "digits_" if self.fid_cfg.feature_extractor == "grn-digits" else ""
-        self.last = {f"proxy/{prefix}is@{n}": scores["inception_score_mean"]}
+        extractor = self.fid_cfg.feature_extractor
+        self.last = {f"proxy/{metric_name('is', extractor)}@{n}": scores["inception_score_mean"]}
         if "fid" in scores:
-            self.last[f"proxy/{prefix}fid@{n}"] = scores["fid"]
+            self.last[f"proxy/{metric_name('fid', extractor)}@{n}"] = scores["fid"]
         log_scalars(trainer, self.last, trainer.global_step)
         return self.last

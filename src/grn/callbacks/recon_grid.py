@@ -32,8 +32,7 @@ class ReconstructionGrid(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if self._batch is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        from grn.entrypoints.eval_tokenizer import side_by_side
-        from grn.metrics.recon import reconstruct
+        from grn.metrics.recon import reconstruct, side_by_side
 
         x = self._batch
         recon = reconstruct(pl_module.ema_tokenizer(), x, x.device)

@@ -8,8 +8,6 @@ an MP4 (original | reconstruction) for videos.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -18,10 +16,10 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torchvision.utils import make_grid, save_image
 
 from grn.io import atomic_write_json
-from grn.metrics.recon import reconstruct, reconstruction_metrics
+from grn.metrics.protocol import eval_path, metric_name
+from grn.metrics.recon import reconstruct, reconstruction_metrics, side_by_side
 
 log = logging.getLogger("grn.eval")
 
@@ -37,44 +35,6 @@ def held_out_images(data_cfg: DictConfig, num_images: int | None) -> torch.Tenso
     n = len(data.val_set) if num_images is None else min(int(num_images), len(data.val_set))
     key = "video" if "video" in data.val_set[0] else "image"
     return torch.stack([data.val_set[i][key] for i in range(n)])
-
-
-def side_by_side(images: torch.Tensor, recon: torch.Tensor, path: Path) -> Path:
-    """Images: a PNG with the originals in the top row(s) and the reconstructions below. Videos: an MP4 whose
-    frames show every original clip next to its reconstruction."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if images.ndim == 4:
-        n = len(images)
-        grid = torch.cat([images, recon.cpu()])
-        save_image(((grid + 1) / 2).clamp(0, 1), path.with_suffix(".png"), nrow=n, padding=2, pad_value=0.5)
-        return path.with_suffix(".png")
-    from grn.metrics.fid import to_uint8
-
-    # [N, 3, T, H, W] -> per frame t, a grid of 2 rows (originals, reconstructions)
-    pair = torch.cat([images, recon.cpu()])  # [2N, 3, T, H, W]
-    frames = [
-        make_grid(pair[:, :, t], nrow=len(images), padding=2, pad_value=0.5) for t in range(pair.shape[2])
-    ]
-    write_mp4(to_uint8(torch.stack(frames)), path.with_suffix(".mp4"))
-    return path.with_suffix(".mp4")
-
-
-def write_mp4(frames: torch.Tensor, path: Path, fps: int = 8) -> None:
-    """``uint8 [T, 3, H, W]`` → an H.264 (or MPEG-4 where libx264 is absent) MP4 via PyAV."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames.shape[-2] // 2 * 2, frames.shape[-1] // 2 * 2  # yuv420p needs even sides
-    with av.open(str(path), mode="w") as out:
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for f in frames[:, :, :h, :w]:
-            frame = av.VideoFrame.from_ndarray(f.permute(1, 2, 0).contiguous().numpy(), format="rgb24")
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
 
 
 def recon_tools(cfg: DictConfig, device: str) -> dict[str, Any]:
@@ -119,12 +79,9 @@ def run_tokenizer(cfg: DictConfig) -> Path:
     )
     if "lpips" in tools:
         record["lpips_stand_in"] = bool(tools["lpips"].stand_in)
-    if "feature_extractor" in tools and cfg.eval.fid.feature_extractor == "grn-digits":
-        record["digits_rfid"] = record.pop("rfid")  # the stand-in extractor: never mistaken for real rFID
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    out = (
-        Path(cfg.out) if cfg.out else Path(cfg.ckpt).resolve().parent.parent / "eval" / f"recon-{digest}.json"
-    )
+    if "feature_extractor" in tools and (rfid := metric_name("rfid", cfg.eval.fid.feature_extractor)) != "rfid":
+        record[rfid] = record.pop("rfid")  # the stand-in extractor: never mistaken for real rFID
+    out = Path(cfg.out) if cfg.out else eval_path(cfg.ckpt, "recon", settings)
     shown = images[: int(recon_cfg.grid_images)]
     record["side_by_side"] = str(side_by_side(shown, reconstruct(tokenizer, shown, device), out))
     atomic_write_json(record, out)

@@ -135,6 +135,16 @@ def check_eval(eval_cfg: Mapping | None, prefix: str = "eval") -> None:
             number(f"{prefix}.recon.{name}", recon[name], integer=True, **bounds)
 
 
+def check_t2iv(t2iv: Mapping | None, prefix: str = "t2iv") -> None:
+    """The captioned-digits counts of ``eval.py task=t2i|t2v`` (``conf/eval.yaml``)."""
+    t2iv = t2iv or {}
+    for name, bounds in (("per_caption", dict(ge=1)), ("frames", dict(ge=5)), ("digit_size", dict(ge=1, le=31)),
+                         ("i2v_clips", dict(ge=1))):
+        number(f"{prefix}.{name}", t2iv.get(name), integer=True, **bounds)
+    if (int(t2iv["frames"]) - 1) % 4:
+        raise ConfigError(f"{prefix}.frames={t2iv['frames']} is invalid: clips have 1 + 4k frames (5, 9, ...)")
+
+
 # Ranges of the model, data and training-module keys, by leaf name wherever they sit in a stage's config
 # (datamodule, lit_module, the networks they build). A name not listed is left to the class that reads it.
 _POSITIVE_INT = dict(integer=True, ge=1)
@@ -292,7 +302,7 @@ def validate_sample(cfg: DictConfig) -> None:
 
 def validate_eval(cfg: DictConfig, task: str) -> None:
     """eval.py: the checkpoint, the sampler (generators) and the protocol's counts."""
-    what = "tokenizer" if task == "tokenizer" else "generator"
+    what = {"tokenizer": "tokenizer", "t2i": "T2I", "t2v": "T2V"}.get(task, "generator")
     if _missing(cfg, "ckpt"):
         raise ConfigError(f"ckpt is not set: give ckpt=<a {what} .ckpt written by train.py>")
     check_checkpoint("ckpt", cfg.ckpt, what)
@@ -302,3 +312,11 @@ def validate_eval(cfg: DictConfig, task: str) -> None:
     if task != "tokenizer":
         check_sampler(cfg.get("sampler"))
     check_eval(cfg.get("eval"))
+    if task in ("t2i", "t2v"):
+        if not (cfg.get("eval") or {}).get("classifier_cache"):
+            raise ConfigError(f"task={task} reads the samples with the digits classifier: set "
+                              "eval.classifier_cache (as eval=digits does)")
+        if str(cfg.get("device", "cpu")) != "cpu":
+            raise ConfigError(f"task={task} runs on the CPU (the captioned-digits models are tiny): "
+                              f"drop device={cfg.device}")
+        check_t2iv(cfg.get("t2iv"))

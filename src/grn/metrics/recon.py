@@ -3,18 +3,30 @@
 PSNR and SSIM (torchmetrics, on the [0, 1] scale), L1, and optionally LPIPS (:mod:`grn.losses.perceptual`), rFID
 (FID between the reconstructions and the originals through a torch-fidelity feature extractor, on the uint8 values a
 PNG stores) and, for videos, rFVD through a pluggable clip-level feature network (the ``video_features`` hook: any
-module mapping ``uint8 [B, 3, T, H, W]`` to ``[B, D]``, e.g. an I3D the user provides — none ships here).
+module mapping ``uint8 [B, 3, T, H, W]`` to ``[B, D]``, e.g. an I3D the user provides — none ships here), and
+the side-by-side picture of originals and reconstructions (a PNG, or an MP4 for videos) that ``eval.py
+task=tokenizer`` and the ``ReconstructionGrid`` callback write.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-__all__ = ["frames", "psnr", "psnr_per_image", "reconstruct", "reconstruction_metrics", "ssim_per_image"]
+__all__ = [
+    "frames",
+    "psnr",
+    "psnr_per_image",
+    "reconstruct",
+    "reconstruction_metrics",
+    "side_by_side",
+    "ssim_per_image",
+    "write_mp4",
+]
 
 
 def frames(x: Tensor) -> Tensor:
@@ -144,3 +156,43 @@ def reconstruction_metrics(
     if real_clips is not None:
         out["rfvd"] = frechet_distance(*fake_clips.mu_sigma(), *real_clips.mu_sigma())
     return out
+
+
+def side_by_side(images: torch.Tensor, recon: torch.Tensor, path: Path) -> Path:
+    """Images: a PNG with the originals in the top row(s) and the reconstructions below. Videos: an MP4 whose
+    frames show every original clip next to its reconstruction."""
+    from torchvision.utils import make_grid, save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if images.ndim == 4:
+        n = len(images)
+        grid = torch.cat([images, recon.cpu()])
+        save_image(((grid + 1) / 2).clamp(0, 1), path.with_suffix(".png"), nrow=n, padding=2, pad_value=0.5)
+        return path.with_suffix(".png")
+    from grn.metrics.fid import to_uint8
+
+    # [N, 3, T, H, W] -> per frame t, a grid of 2 rows (originals, reconstructions)
+    pair = torch.cat([images, recon.cpu()])  # [2N, 3, T, H, W]
+    grids = [
+        make_grid(pair[:, :, t], nrow=len(images), padding=2, pad_value=0.5) for t in range(pair.shape[2])
+    ]
+    write_mp4(to_uint8(torch.stack(grids)), path.with_suffix(".mp4"))
+    return path.with_suffix(".mp4")
+
+
+def write_mp4(frames: torch.Tensor, path: Path, fps: int = 8) -> None:
+    """``uint8 [T, 3, H, W]`` → an H.264 (or MPEG-4 where libx264 is absent) MP4 via PyAV."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = frames.shape[-2] // 2 * 2, frames.shape[-1] // 2 * 2  # yuv420p needs even sides
+    with av.open(str(path), mode="w") as out:
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for f in frames[:, :, :h, :w]:
+            frame = av.VideoFrame.from_ndarray(f.permute(1, 2, 0).contiguous().numpy(), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
