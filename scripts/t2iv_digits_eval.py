@@ -28,8 +28,8 @@ from grn import hbq
 from grn.checkpoints import build_from_config, load_t2iv, load_tokenizer
 from grn.datamodules.captioned import DIGIT_WORDS, DIRECTIONS, moving_digits
 from grn.io import atomic_write_json
-from grn.lit_modules.t2iv import sample_t2iv
 from grn.metrics.digits import load_or_train_classifier, predict
+from grn.sampling.text import sample_t2iv
 
 STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 

@@ -96,7 +96,7 @@ def test_lr_scales_with_global_batch():
 
 
 def test_sample_labels_returns_index_labels_for_both_targets():
-    from grn.lit_modules.generator import sample_labels
+    from grn.sampling.entry import sample_labels
 
     for target in ("index", "bits"):
         torch.manual_seed(0)
@@ -138,7 +138,7 @@ def test_relative_bit_objective_targets_the_flips():
 
 
 def test_bit_target_is_validated():
-    from grn.lit_modules.generator import sample_labels
+    from grn.sampling.entry import sample_labels
     from grn.models.generator import build_generator
 
     with pytest.raises(ValueError, match="needs target='bits'"):
@@ -165,7 +165,7 @@ def input_following_net(target: str):
 def test_compiled_sampling_matches_eager():
     """sampler.compile=true: the network runs through torch.compile (compiled once, kept on the network; the RoPE
     takes its real-valued form there) and gives the eager logits and samples."""
-    from grn.lit_modules.generator import compiled_forward, sample_labels
+    from grn.sampling.entry import compiled_forward, sample_labels
 
     net = input_following_net("index")
     # one batch shape throughout (3 samples, guided at every step: 6 rows), so one compilation
@@ -189,7 +189,7 @@ def test_bf16_sampling_gives_valid_reproducible_labels(precision, monkeypatch):
     """sampler.precision=bf16 (or auto on a CPU with native bf16): the network's matmuls run in bf16 under autocast,
     its logits stay fp32, and the labels are valid index labels of the fp32 shape, the same for the same seed."""
     from grn import precision as P
-    from grn.lit_modules.generator import sample_labels
+    from grn.sampling.entry import sample_labels
 
     monkeypatch.setattr(P, "cpu_flags", lambda: {"avx2", "avx512_bf16"})  # what auto reads on this "CPU"
     net = input_following_net("bits")

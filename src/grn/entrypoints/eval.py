@@ -93,15 +93,6 @@ def sampler_settings(sampler: DictConfig | dict, device: str = "cpu") -> dict[st
     return opts
 
 
-def step_count(sampler: dict[str, Any]) -> int:
-    """The most refinement steps one sample can take under these settings."""
-    return int(
-        sampler.get("t_max", 50)
-        if sampler.get("schedule") == "complexity_aware"
-        else sampler.get("num_steps", 50)
-    )
-
-
 # ---------------------------------------------------------------------------------------------- generator protocol
 def classifier_of(eval_cfg: DictConfig, device: str):
     """The digits classifier and its held-out accuracy, or ``(None, None)`` where none is configured."""
@@ -153,7 +144,10 @@ def evaluate(
     grid_classes = int(eval_cfg.get("grid_classes", 10))
     save_dir = Path(eval_cfg.save_images) if eval_cfg.get("save_images") else None
 
-    max_steps = step_count(sampler)
+    from grn.sampling.config import SamplerConfig
+
+    config = SamplerConfig.build(sampler)  # the settings record keeps the plain ``sampler`` dict
+    max_steps = config.max_steps
     # sums over this rank's images / batches, all-reduced at the end (float64: exact for 50K counts)
     correct = torch.zeros(num_classes, dtype=torch.float64, device=device)
     steps_sum, passes_sum = (
@@ -171,7 +165,7 @@ def evaluate(
         )
         for b, index in batches:
             classes = (index // per_class).to(device)
-            out = pipe(classes, seed=seed + b, **sampler)  # a distinct, reproducible stream per batch
+            out = pipe(classes, seed=seed + b, sampler=config)  # a distinct, reproducible stream per batch
             images = out.images
             pixels = to_uint8(images)
             if eval_cfg.get("png_round_trip", True):
