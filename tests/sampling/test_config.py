@@ -61,3 +61,15 @@ def test_sampling_sits_below_training_and_the_pipelines_share_one_output_type():
             "import grn.pipeline, grn.pipeline_output\n"
             "assert grn.pipeline.PipelineOutput is grn.pipeline_output.PipelineOutput\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_start_up_check_agrees_on_keys():
+    from grn.entrypoints.errors import ConfigError
+    from grn.entrypoints.validate import check_sampler
+
+    with pytest.raises(ConfigError) as err:
+        check_sampler({"cfg_scal": 2.0})
+    with pytest.raises(ValueError) as same:
+        SamplerConfig.build({"cfg_scal": 2.0})
+    assert str(err.value) == str(same.value)
+    check_sampler(SamplerConfig().to_dict())
