@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _util import matmul_peak, timed, write_json  # noqa: E402
 from reference_grn import reference_sample  # noqa: E402
 
-from grn.lit_modules.generator import sample_labels  # noqa: E402
+from grn.sampling.entry import sample_labels  # noqa: E402
 from grn.models.generator import build_generator  # noqa: E402
 from grn.precision import resolve_precision  # noqa: E402
 from grn.sampling.guidance import guidance_scales  # noqa: E402

@@ -29,9 +29,9 @@ import torch
 
 from grn.checkpoints import load_tokenizer
 from grn.io import atomic_write_json
-from grn.lit_modules.t2iv import sample_t2iv
 from grn.metrics.digits import load_or_train_classifier
 from grn.metrics.t2iv_digits import TextModel, describe, evaluate_t2i, evaluate_t2v, load_with_encoder, save_grid
+from grn.sampling.text import sample_t2iv
 
 
 def main() -> None:

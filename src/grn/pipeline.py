@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,12 @@ import torch.nn.functional as F
 from rich.progress import Progress
 
 from grn.checkpoints import load_generator, load_tokenizer
-from grn.lit_modules.generator import sample_labels
 from grn.models.generator import GRN
+from grn.pipeline_output import PipelineOutput
+from grn.sampling.config import SamplerConfig
+from grn.sampling.entry import sample_labels
 
-
-@dataclass
-class PipelineOutput:
-    """images: float ``[B, 3, H, W]`` in [-1, 1]; labels: int64 index labels ``[B, d, h, w]``; steps: int64
-    ``[B]`` refinement steps per image; stats: per-step statistics of the sampler."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    steps: torch.Tensor | None = None
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+__all__ = ["GRNPipeline", "PipelineOutput"]
 
 
 class GRNPipeline:
@@ -112,7 +104,8 @@ class GRNPipeline:
         progress: bool = False,
         init: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-        **sampler: Any,
+        sampler: SamplerConfig | None = None,
+        **overrides: Any,
     ) -> PipelineOutput:
         """Generate one image per class id; same seed and device -> same images.
 
@@ -121,9 +114,11 @@ class GRNPipeline:
             init, mask: region re-generation. ``init`` pixels ``[B or 1, 3, H, W]`` in [-1, 1] (an existing image
                 or an earlier sample) and ``mask`` ``[B or 1, 1, H, W]``, nonzero where to regenerate. Tokens
                 outside the (token-rounded) mask keep the encoded labels of ``init`` exactly.
-            sampler: num_steps, schedule, cfg_scale, cfg_interval, temperature, selection, ... (``sampler``
-                config group).
+            sampler: the settings (:class:`~grn.sampling.config.SamplerConfig`, default: its defaults);
+            overrides: config keys on top (num_steps, schedule, cfg_scale, cfg_interval, temperature, ...).
+                ``sampler.seed`` is not read: ``seed`` seeds the draws.
         """
+        cfg = SamplerConfig.build(sampler, **overrides)
         y = torch.as_tensor(classes, dtype=torch.long, device=self.device).view(-1)
         if (y < 0).any() or (y >= self.generator.num_classes).any():
             raise ValueError(f"class ids must be in [0, {self.generator.num_classes}), got {y.tolist()}")
@@ -137,14 +132,12 @@ class GRNPipeline:
             known = self.tokenizer.encode(init.to(self.device), target="index").expand(len(y), -1, -1, -1)
             region = self.latent_region(mask.to(self.device)).expand(len(y), -1, -1, -1)
         g = torch.Generator(device=self.device).manual_seed(int(seed))
-        total = int(sampler.get("t_max" if sampler.get("schedule") == "complexity_aware" else "num_steps", 50))
         if progress:
             with Progress(transient=True) as bar:
-                task = bar.add_task(f"refining {len(y)} image(s)", total=total)
-                result = sample_labels(
-                    self.generator, y, g, known=known, region=region, callback=lambda i: bar.advance(task), **sampler
-                )
+                task = bar.add_task(f"refining {len(y)} image(s)", total=cfg.max_steps)
+                result = sample_labels(self.generator, y, g, cfg, known=known, region=region,
+                                       callback=lambda i: bar.advance(task))
         else:
-            result = sample_labels(self.generator, y, g, known=known, region=region, **sampler)
+            result = sample_labels(self.generator, y, g, cfg, known=known, region=region)
         images = self.tokenizer.decode_labels(result.labels, target="index").clamp(-1, 1)
-        return PipelineOutput(images=images, labels=result.labels, steps=result.steps, stats=result.stats)
+        return PipelineOutput.of(images, result)

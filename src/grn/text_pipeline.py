@@ -17,6 +17,9 @@ from rich.progress import Progress
 from grn import hbq
 from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
+from grn.pipeline_output import PipelineOutput
+from grn.sampling.config import SamplerConfig
+from grn.sampling.text import sample_t2iv
 
 TEXT_TASKS = ("t2i", "t2v", "i2v")
 
@@ -79,8 +82,9 @@ class TextPipeline:
         negative_prompt: str = "",
         image: torch.Tensor | None = None,
         progress: bool = False,
-        **sampler: Any,
-    ):
+        sampler: SamplerConfig | None = None,
+        **overrides: Any,
+    ) -> PipelineOutput:
         """Generate one image (t2i) or clip (t2v / i2v) per prompt; same seed and device -> same output.
 
         Args:
@@ -90,13 +94,14 @@ class TextPipeline:
             negative_prompt: the unconditional branch of guidance (official default ``""``).
             image: image-to-video: the first frame ``[B or 1, 3, height, width]`` in [-1, 1]; it is encoded and
                 its latent frame held fixed while the rest of the clip is generated.
-            sampler: num_steps, schedule, snr_shift, cfg_scale, cfg_interval, temperature, complexity-aware keys.
+            sampler: the settings (:class:`~grn.sampling.config.SamplerConfig`, default: its defaults, so
+                ``schedule=linear``; the official T2I/T2V settings, as ``conf/task/t2i.yaml``, use ``cosine``);
+            overrides: config keys on top (num_steps, schedule, snr_shift, cfg_scale, ...). ``sampler.seed`` is
+                not read: ``seed`` seeds the draws.
         Returns:
-            :class:`grn.pipeline.PipelineOutput` with ``images`` ``[B, 3, H, W]`` (t2i) or ``[B, 3, T, H, W]``.
+            :class:`grn.pipeline_output.PipelineOutput` with ``images`` ``[B, 3, H, W]`` (t2i) or ``[B, 3, T, H, W]``.
         """
-        from grn.lit_modules.t2iv import sample_t2iv
-        from grn.pipeline import PipelineOutput
-
+        cfg = SamplerConfig.build(sampler, **overrides)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("no prompts given")
@@ -118,12 +123,10 @@ class TextPipeline:
             if self.net.target == "bits":
                 first = hbq.index_labels_to_bit_labels(first, self.net.hbq_rounds)
         g = torch.Generator(device=self.device).manual_seed(int(seed))
-        opts = {k: v for k, v in sampler.items() if k != "seed"}
-        total = int(opts.get("t_max" if opts.get("schedule") == "complexity_aware" else "num_steps", 50))
         with Progress(transient=True, disable=not progress) as bar:
-            task = bar.add_task(f"refining {len(prompts)} sample(s)", total=total)
-            result = sample_t2iv(self.net, self.encode, prompts, shape, g, negative_prompt, first,
-                                 callback=lambda i: bar.advance(task), **opts)
+            task = bar.add_task(f"refining {len(prompts)} sample(s)", total=cfg.max_steps)
+            result = sample_t2iv(self.net, self.encode, prompts, shape, g, negative_prompt, first, cfg,
+                                 callback=lambda i: bar.advance(task))
         features = hbq.dequantize(result.labels, self.net.hbq_rounds, "index")
         images = self.tokenizer.decode(features).clamp(-1, 1)
-        return PipelineOutput(images=images, labels=result.labels, steps=result.steps, stats=result.stats)
+        return PipelineOutput.of(images, result)

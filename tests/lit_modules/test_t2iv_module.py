@@ -7,7 +7,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from grn.checkpoints import load_t2iv
-from grn.lit_modules.t2iv import T2IVLitModule, sample_t2iv
+from grn.lit_modules.t2iv import T2IVLitModule
+from grn.sampling.text import sample_t2iv
 
 NET = {"_target_": "grn.models.t2iv.build_t2iv", "size": "tiny", "latent_dim": 2, "hbq_rounds": 2,
        "target": "bits", "text_dim": 16}

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from grn.metrics.distributed import all_reduce, gather_grid, init_distributed
-from grn.metrics.protocol import balanced_batches, eval_path, metric_name, settings_digest, step_count
+from grn.metrics.protocol import balanced_batches, eval_path, metric_name, settings_digest
+from grn.sampling.config import SamplerConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from protocol_worker import share  # noqa: E402
@@ -84,6 +85,10 @@ def test_metric_name_marks_the_digits_stand_in_only():
 
 
 def test_step_count_is_t_max_only_for_complexity_aware_sampling():
+    """The evaluation's histogram size is the sampler config's max-steps rule (one copy of it)."""
+    def step_count(s):
+        return SamplerConfig.build(s).max_steps
+
     assert step_count({"schedule": "linear", "num_steps": 7, "t_max": 40}) == 7
     assert step_count({"schedule": "complexity_aware", "num_steps": 7, "t_max": 40}) == 40
     assert step_count({}) == 50

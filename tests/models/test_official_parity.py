@@ -37,7 +37,7 @@ def input_dependent(target="index", seed=0):
 def test_sampler_matches_reference_sampler():
     """Same seed: every step's input map and the labels equal the plain sampler's. The network must depend on its
     input (asserted), or a sampler that feeds it the wrong map would still match."""
-    from grn.lit_modules.generator import sample_labels
+    from grn.sampling.entry import sample_labels
 
     net = input_dependent("index", seed=1)
     y = torch.tensor([0, 3, 7, 9])

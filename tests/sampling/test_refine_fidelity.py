@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from grn import hbq
-from grn.lit_modules.generator import sample_labels
+from grn.sampling.entry import sample_labels
 from grn.models.generator import build_generator
 from grn.sampling.refine import refine
 from reference_sampler import official_c2i_sample, plain_refine

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grn.models.t2iv import build_t2iv
-from grn.sampling.text_guidance import first_frame_condition, pad_texts, sample_text_to_labels
+from grn.sampling.text import first_frame_condition, pad_texts, sample_text_to_labels
 from reference_sampler import plain_refine
 from tiny_nets import input_dependent_init, random_captions
 

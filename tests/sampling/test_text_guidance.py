@@ -6,7 +6,7 @@ import torch
 
 from grn.models.t2iv import build_t2iv
 from grn.sampling.schedules import keep_probs
-from grn.sampling.text_guidance import (
+from grn.sampling.text import (
     TextConditionedNet,
     encode_first_frame,
     first_frame_condition,
@@ -148,9 +148,12 @@ def test_first_frame_encoding_equals_latent_frame_zero_of_the_clip():
 
 
 def test_captions_to_pixels_with_the_offline_stand_ins():
+    """Captions -> labels through the one T2I/T2V entry (``sample_t2iv``, index labels), decoded to pixels; formerly
+    ``sample_from_captions``, which returned the network's (bit) layout: the asserts compare that layout."""
+    from grn import hbq
     from grn.models.text_encoder import tiny_text_encoder
     from grn.models.tokenizer import HBQTokenizer
-    from grn.sampling.text_guidance import sample_from_captions
+    from grn.sampling.text import sample_t2iv
 
     enc = tiny_text_encoder(dim=TEXT_DIM, num_layers=1, num_heads=2)
     torch.manual_seed(0)
@@ -158,10 +161,18 @@ def test_captions_to_pixels_with_the_offline_stand_ins():
                        channel_mult=[1, 1], temporal_downsample=[True]).eval()
     net = tiny_net()
     image = torch.rand(1, 3, 16, 16) * 2 - 1
-    res, pixels = sample_from_captions(net, enc, ["a boat at dusk"], (8, 3, 4, 4), tokenizer=tok, first_frame=image,
-                                       num_steps=3, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
+
+    def encode(caps):
+        return [f.float() for f in enc.encode_texts(caps)]
+
+    first = encode_first_frame(tok, image, net.target)[:, :, 0]
+    res = sample_t2iv(net, encode, ["a boat at dusk"], (8, 3, 4, 4), torch.Generator().manual_seed(0),
+                      first_frame=first, num_steps=3, cfg_scale=2.0)
+    with torch.no_grad():
+        pixels = tok.decode_labels(res.labels, target="index")
     assert pixels.shape == (1, 3, 5, 16, 16)  # 3 latent frames at temporal stride 2
-    assert torch.equal(res.labels[:, :, :1], encode_first_frame(tok, image, "bits"))
-    res2, none = sample_from_captions(net, enc, ["a boat at dusk", "snow"], (8, 4, 4), num_steps=3,
-                                      negative_prompt=["", "blurry"], cfg_scale=2.0)
-    assert none is None and res2.labels.shape == (2, 8, 4, 4)
+    bits = hbq.index_labels_to_bit_labels(res.labels, 2)
+    assert torch.equal(bits[:, :, :1], encode_first_frame(tok, image, "bits"))
+    res2 = sample_t2iv(net, encode, ["a boat at dusk", "snow"], (8, 4, 4), num_steps=3,
+                       negative_prompt=["", "blurry"], cfg_scale=2.0)
+    assert hbq.index_labels_to_bit_labels(res2.labels, 2).shape == (2, 8, 4, 4)

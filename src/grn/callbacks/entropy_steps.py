@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from grn.callbacks.media import callback_dir, log_histogram, log_image, log_scalars
+from grn.callbacks.sampling import module_sampler
+from grn.sampling.entry import sample_labels
 
 __all__ = ["EntropyStepHistogram", "plot_entropy_steps"]
 
@@ -98,15 +100,12 @@ class EntropyStepHistogram(L.Callback):
         rank, world = trainer.global_rank, trainer.world_size
         share = torch.arange(rank, self.num_samples, world, device=pl_module.device)
         classes = share % pl_module.net.num_classes
-        opts = {**(pl_module.hparams.get("sampler") or {}), **self.sampler}
+        config = module_sampler(pl_module, self.sampler)
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed + rank)
         ctx = pl_module.ema_weights(self.ema) if self.ema else torch.no_grad()
         with ctx:
-            result = pl_module.sample(classes, generator=g, **opts)
-        length = int(
-            opts.get("t_max", 50) if opts.get("schedule") == "complexity_aware" else opts.get("num_steps", 50)
-        )
-        ent = torch.full((length,), float("nan"), device=pl_module.device)
+            result = sample_labels(pl_module.net, classes, g, config)
+        ent = torch.full((config.max_steps,), float("nan"), device=pl_module.device)
         ent[: len(result.stats["entropy"])] = result.stats["entropy"].float()
         steps = torch.full((self.num_samples // world + 1,), -1, dtype=torch.long, device=pl_module.device)
         steps[: len(result.steps)] = result.steps  # padded so every rank gathers one shape

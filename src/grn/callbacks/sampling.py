@@ -8,7 +8,11 @@ from typing import Any
 import lightning as L
 import torch
 
-__all__ = ["GeneratorSampler", "PeriodicGeneratorCallback", "is_generator_module", "is_tokenizer_module"]
+from grn.sampling.config import SamplerConfig
+from grn.sampling.entry import sample_labels
+
+__all__ = ["GeneratorSampler", "PeriodicGeneratorCallback", "is_generator_module", "is_tokenizer_module",
+           "module_sampler"]
 
 
 def is_generator_module(pl_module) -> bool:
@@ -19,6 +23,11 @@ def is_generator_module(pl_module) -> bool:
 
 def is_tokenizer_module(pl_module) -> bool:
     return hasattr(pl_module, "ema_tokenizer")
+
+
+def module_sampler(pl_module, overrides: dict[str, Any] | None = None) -> SamplerConfig:
+    """The module's ``sampler`` hyper-parameter with a callback's ``overrides`` on top, as one config."""
+    return SamplerConfig.build(pl_module.hparams.get("sampler"), **dict(overrides or {}))
 
 
 class GeneratorSampler:
@@ -43,11 +52,11 @@ class GeneratorSampler:
 
     @torch.no_grad()
     def images(self, pl_module, classes: torch.Tensor, seed: int):
-        opts = {**(pl_module.hparams.get("sampler") or {}), **self.sampler}
+        config = module_sampler(pl_module, self.sampler)
         g = torch.Generator(device=pl_module.device).manual_seed(int(seed))
         ctx = pl_module.ema_weights(self.ema) if self.ema else torch.no_grad()
         with ctx:
-            result = pl_module.sample(classes.to(pl_module.device), generator=g, **opts)
+            result = sample_labels(pl_module.net, classes.to(pl_module.device), g, config)
         pixels = self.tokenizer(pl_module).decode_labels(result.labels, target="index").float().clamp(-1, 1)
         return pixels, result
 

@@ -25,7 +25,7 @@ def run_t2iv(cfg: DictConfig, task: str, sampler: dict[str, Any]) -> Path:
 
     from grn.checkpoints import load_t2iv, load_tokenizer
     from grn.io import atomic_write_json
-    from grn.lit_modules.t2iv import sample_t2iv
+    from grn.sampling.text import sample_t2iv
     from grn.metrics import t2iv_digits
     from grn.metrics.digits import load_or_train_classifier
     from grn.metrics.protocol import eval_path, settings_record

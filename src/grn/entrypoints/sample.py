@@ -17,11 +17,12 @@ import hydra
 import numpy as np
 import torch
 from PIL import Image
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from grn.entrypoints.common import CONF_DIR
 from grn.entrypoints.errors import cli_errors
 from grn.entrypoints.validate import validate_sample
+from grn.sampling.config import SamplerConfig
 
 log = logging.getLogger("grn.sample")
 
@@ -74,13 +75,11 @@ def run_text(cfg: DictConfig) -> Path:
                                        device=cfg.device)
     if task is None and cfg.frames and int(cfg.frames) > 1:
         pipe.task = "t2v"
-    sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
-    sampler.pop("seed", None)
-    sampler.pop("bit_target", None)
+    sampler = SamplerConfig.build(cfg.sampler)
     image = load_picture(cfg.image, int(cfg.height)) if cfg.image else None
     out_images = pipe(prompts, seed=int(cfg.seed), height=int(cfg.height), width=int(cfg.width),
                       frames=int(cfg.frames) if cfg.frames else None, negative_prompt=str(cfg.negative_prompt),
-                      image=image, progress=True, **sampler).images
+                      image=image, progress=True, sampler=sampler).images
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     nrow = int(cfg.nrow) if cfg.nrow else min(len(prompts), 8)
@@ -104,13 +103,12 @@ def run(cfg: DictConfig) -> Path:
 
     classes = [int(c) for c in cfg.classes]  # whole numbers (validated)
     pipe = GRNPipeline.from_checkpoint(cfg.ckpt, tokenizer_ckpt=cfg.tokenizer_ckpt, ema=cfg.ema, device=cfg.device)
-    sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
-    sampler.pop("seed", None)
+    sampler = SamplerConfig.build(cfg.sampler)
     init = mask = None
     if cfg.init is not None:
         init = load_picture(cfg.init, pipe.image_size)
         mask = load_picture(cfg.mask, pipe.image_size, grey=True) > 0.5
-    images = pipe(classes, seed=int(cfg.seed), progress=True, init=init, mask=mask, **sampler).images
+    images = pipe(classes, seed=int(cfg.seed), progress=True, init=init, mask=mask, sampler=sampler).images
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     nrow = int(cfg.nrow) if cfg.nrow else min(len(classes), 16)

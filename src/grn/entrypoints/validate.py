@@ -69,11 +69,16 @@ def _flag(key: str, value: Any) -> None:
 def check_sampler(sampler: Mapping | None, prefix: str = "sampler") -> None:
     """The sampler keys of ``conf/sampler`` (those present), each in range and consistent with the schedule."""
     from grn.precision import PRECISIONS
+    from grn.sampling.config import BIT_TARGETS, SAMPLER_DEFAULTS, unknown_keys
     from grn.sampling.guidance import GUIDANCE_TYPES, check_interval
     from grn.sampling.schedules import SCHEDULES
     from grn.sampling.selection import SELECTIONS
 
     s = dict(sampler or {})
+    unknown = unknown_keys(s, prefix)
+    if unknown:
+        raise ConfigError(unknown)
+    default = SAMPLER_DEFAULTS  # the keys and defaults of grn.sampling.config.SamplerConfig
 
     def key(name: str) -> str:
         return f"{prefix}.{name}"
@@ -88,7 +93,7 @@ def check_sampler(sampler: Mapping | None, prefix: str = "sampler") -> None:
         if name in s:
             number(key(name), s[name], **bounds)
     for name, choices in (("schedule", SCHEDULES), ("cfg_type", GUIDANCE_TYPES), ("selection", SELECTIONS),
-                          ("bit_target", (None, "absolute", "relative")), ("precision", PRECISIONS)):
+                          ("bit_target", BIT_TARGETS), ("precision", PRECISIONS)):
         if name in s:
             choice(key(name), s[name], choices)
     for name in ("revise", "compile"):
@@ -105,15 +110,16 @@ def check_sampler(sampler: Mapping | None, prefix: str = "sampler") -> None:
         except ValueError as err:
             raise ConfigError(f"{key('cfg_interval')}={_show(interval)} is invalid: {err}") from None
     schedule = s.get("schedule")
-    w, t_min, t_max = s.get("warmup_steps", 5), s.get("t_min", 10), s.get("t_max", 50)
-    if schedule == "complexity_aware" and not (w < t_min <= t_max and w < s.get("alpha", 50)):
+    w, t_min, t_max, alpha, num_steps = (s.get(name, default[name]) for name in
+                                         ("warmup_steps", "t_min", "t_max", "alpha", "num_steps"))
+    if schedule == "complexity_aware" and not (w < t_min <= t_max and w < alpha):
         raise ConfigError(
             f"{prefix}: schedule=complexity_aware needs warmup_steps < t_min <= t_max and warmup_steps < alpha, got "
-            f"warmup_steps={w}, t_min={t_min}, t_max={t_max}, alpha={s.get('alpha', 50)}")
-    if schedule == "complexity_aware_official" and not w < t_min <= s.get("num_steps", 50):
+            f"warmup_steps={w}, t_min={t_min}, t_max={t_max}, alpha={alpha}")
+    if schedule == "complexity_aware_official" and not w < t_min <= num_steps:
         raise ConfigError(
             f"{prefix}: schedule=complexity_aware_official needs warmup_steps < t_min <= num_steps, got "
-            f"warmup_steps={w}, t_min={t_min}, num_steps={s.get('num_steps', 50)}")
+            f"warmup_steps={w}, t_min={t_min}, num_steps={num_steps}")
 
 
 def check_eval(eval_cfg: Mapping | None, prefix: str = "eval") -> None:

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from grn import hbq
 from grn.lit_modules.config import plain_hparams
 from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.generator import GRN
 from grn.objective import mix_with_noise, sample_keep_prob
-from grn.precision import autocast
-from grn.sampling.refine import RefineResult, refine
+from grn.sampling.config import SamplerConfig
+from grn.sampling.entry import sample_labels
+from grn.sampling.refine import RefineResult
 
 
 class GeneratorLitModule(RefinementLitModule):
@@ -107,69 +107,8 @@ class GeneratorLitModule(RefinementLitModule):
         return self.hparams.blr * global_batch / 256
 
     @torch.no_grad()
-    def sample(self, classes: torch.Tensor, generator: torch.Generator | None = None, **sampler: Any) -> RefineResult:
-        """Refine label maps for ``classes`` with the current weights; returns index labels ``[B, d, h, w]``."""
-        return sample_labels(self.net, classes, generator=generator, **sampler)
-
-
-def sample_labels(
-    net: GRN,
-    classes: torch.Tensor,
-    generator: torch.Generator | None = None,
-    known: torch.Tensor | None = None,
-    region: torch.Tensor | None = None,
-    **sampler: Any,
-) -> RefineResult:
-    """Run the refinement sampler with ``net``; returns index labels ``[B, d, h, w]`` (bits are converted).
-
-    Args:
-        known, region: region re-generation — index labels ``[B, d, h, w]`` to keep and a bool mask
-            ``[B, 1, h, w]`` (or broadcastable) that is True where to generate.
-        sampler: the ``sampler`` config keys (num_steps, cfg_scale, cfg_interval, temperature, schedule, ...);
-            ``seed`` is ignored here: pass a seeded ``generator``. ``compile=True`` runs the network through
-            ``torch.compile`` (compiled once per network and kept; the first call pays the compile time).
-            ``precision`` (``fp32``, the default, | ``bf16`` | ``auto``, :mod:`grn.precision`) runs the network
-            passes under bf16 autocast; the logits stay fp32 (the network's output layer), and so do the draws.
-    """
-    opts = {k: v for k, v in sampler.items() if k != "seed"}
-    forward = compiled_forward(net) if opts.pop("compile", False) else net
-    precision = opts.pop("precision", "fp32")
-    trained = getattr(net, "bit_target", "absolute")
-    asked = opts.pop("bit_target", None)
-    if asked is not None and asked != trained:
-        raise ValueError(f"sampler.bit_target={asked!r} but this network was trained with bit_target={trained!r}; "
-                         "leave sampler.bit_target null to use the trained one")
-    if known is not None and net.target == "bits":
-        known = hbq.index_labels_to_bit_labels(known, net.hbq_rounds)
-    was_training = net.training
-    net.eval()
-    try:
-        with autocast(precision, classes.device):
-            result = refine(
-                forward,
-                classes,
-                (net.label_channels, net.input_size, net.input_size),
-                net.num_levels,
-                null_class=net.num_classes,
-                generator=generator,
-                known=known,
-                region=region,
-                bit_target=trained,
-                **opts,
-            )
-    finally:
-        net.train(was_training)
-    if net.target == "bits":
-        result.labels = hbq.bit_labels_to_index_labels(result.labels, net.hbq_rounds)
-    return result
-
-
-def compiled_forward(net: torch.nn.Module):
-    """``torch.compile`` of ``net``'s forward, built once and kept on the network (batch sizes that change, as under
-    complexity-aware sampling, are compiled dynamically after the first change)."""
-    fn = net.__dict__.get("_grn_compiled_forward")
-    if fn is None:
-        fn = torch.compile(net.forward, dynamic=None)
-        net.__dict__["_grn_compiled_forward"] = fn
-    return fn
-
+    def sample(self, classes: torch.Tensor, generator: torch.Generator | None = None,
+               sampler: SamplerConfig | None = None, **overrides: Any) -> RefineResult:
+        """Refine label maps for ``classes`` with the current weights; returns index labels ``[B, d, h, w]``
+        (:func:`grn.sampling.entry.sample_labels`)."""
+        return sample_labels(self.net, classes, generator, sampler, **overrides)

@@ -15,7 +15,6 @@ rebuilt from its config; weights come from local paths) and each distinct captio
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,17 +22,14 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from grn import hbq
 from grn.lit_modules.config import plain_hparams
 from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
 from grn.objective import mix_with_noise, sample_keep_prob
-from grn.precision import autocast
+from grn.sampling.config import SamplerConfig
 from grn.sampling.refine import RefineResult
-from grn.sampling.text_guidance import pad_texts, sample_text_to_labels
-
-log = logging.getLogger(__name__)
+from grn.sampling.text import pad_texts, sample_t2iv
 
 
 class T2IVLitModule(RefinementLitModule):
@@ -188,44 +184,12 @@ class T2IVLitModule(RefinementLitModule):
         generator: torch.Generator | None = None,
         negative_prompt: str = "",
         first_frame: torch.Tensor | None = None,
-        **sampler: Any,
+        sampler: SamplerConfig | None = None,
+        **overrides: Any,
     ) -> RefineResult:
         """Labels for ``captions`` with the current weights: index labels ``[B, d, (T,) h, w]``.
 
         ``label_shape`` is the network's ``(C, h, w)`` or ``(C, T, h, w)``; ``first_frame`` (network layout
         ``[B, C, h, w]``) makes it image-to-video."""
         return sample_t2iv(self.net, self.encode_captions, captions, label_shape, generator, negative_prompt,
-                           first_frame, **sampler)
-
-
-def sample_t2iv(
-    net: T2IVNet,
-    encode,
-    captions: Sequence[str],
-    label_shape: Sequence[int],
-    generator: torch.Generator | None = None,
-    negative_prompt: str = "",
-    first_frame: torch.Tensor | None = None,
-    **sampler: Any,
-) -> RefineResult:
-    """Run the refinement sampler with text conditioning; ``encode`` maps captions to ``[L_i, D]`` features.
-    Returns index labels ``[B, d, (T,) h, w]`` (bits are converted). Guidance uses ``negative_prompt``.
-    ``precision`` (``fp32`` | ``bf16`` | ``auto``, :mod:`grn.precision`): bf16 autocast for the network passes;
-    the label head, and so the logits the sampler draws from, stay fp32."""
-    opts = {k: v for k, v in sampler.items() if k not in ("seed", "bit_target", "compile", "precision")}
-    if sampler.get("compile"):
-        log.warning("sampler.compile applies to the class-conditional sampler; T2I/T2V sampling runs eagerly")
-    texts = encode(list(captions))
-    negative = encode([negative_prompt]) if float(opts.get("cfg_scale", 1.0)) != 1.0 else None
-    was_training = net.training
-    net.eval()
-    try:
-        with autocast(sampler.get("precision", "fp32"), next(net.parameters()).device):
-            result = sample_text_to_labels(net, texts, label_shape, negative_texts=negative, generator=generator,
-                                           first_frame=first_frame, **opts)
-    finally:
-        net.train(was_training)
-    if net.target == "bits":
-        result.labels = hbq.bit_labels_to_index_labels(result.labels, net.hbq_rounds)
-    return result
-
+                           first_frame, sampler, **overrides)

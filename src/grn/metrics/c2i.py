@@ -21,7 +21,8 @@ from rich.progress import Progress
 
 from grn.metrics.distributed import all_reduce, gather_grid
 from grn.metrics.fid import FidIsAccumulator, ReferenceStats, build_feature_extractor, to_uint8
-from grn.metrics.protocol import balanced_batches, metric_name, step_count
+from grn.metrics.protocol import balanced_batches, metric_name
+from grn.sampling.config import SamplerConfig
 
 if TYPE_CHECKING:
     from grn.pipeline import GRNPipeline
@@ -84,7 +85,8 @@ def evaluate(
     grid_classes = int(eval_cfg.get("grid_classes", 10))
     save_dir = Path(eval_cfg.save_images) if eval_cfg.get("save_images") else None
 
-    max_steps = step_count(sampler)
+    config = SamplerConfig.build(sampler)  # built once; the settings record keeps the plain ``sampler`` dict
+    max_steps = config.max_steps
     # sums over this rank's images / batches, all-reduced at the end (float64: exact for 50K counts)
     correct = torch.zeros(num_classes, dtype=torch.float64, device=device)
     steps_sum, passes_sum = (
@@ -102,7 +104,7 @@ def evaluate(
         )
         for b, index in batches:
             classes = (index // per_class).to(device)
-            out = pipe(classes, seed=seed + b, **sampler)  # a distinct, reproducible stream per batch
+            out = pipe(classes, seed=seed + b, sampler=config)  # a distinct, reproducible stream per batch
             images = out.images
             pixels = to_uint8(images)
             if eval_cfg.get("png_round_trip", True):

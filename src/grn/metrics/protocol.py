@@ -4,7 +4,6 @@
   ``b % world``, seeded ``seed + b`` by the caller), so the image set does not depend on the world size;
 * :func:`metric_name`: the one place that names a feature-extractor metric (the ``grn-digits`` stand-in's numbers
   carry a ``digits_`` prefix, so they are never mistaken for Inception FID / IS);
-* :func:`step_count`: the most refinement steps one sample can take under the sampler settings (histogram size);
 * :func:`settings_record`, :func:`settings_digest`, :func:`eval_path`: every setting that produced a result, its
   digest, and the JSON path ``<ckpt dir>/../eval/<kind>-<digest>.json`` (one file per setting).
 """
@@ -27,7 +26,6 @@ __all__ = [
     "metric_name",
     "settings_digest",
     "settings_record",
-    "step_count",
     "task_overrides",
 ]
 
@@ -48,15 +46,6 @@ def metric_name(name: str, feature_extractor: str | None) -> str:
     """The key of a metric computed through ``feature_extractor`` (``fid``, ``inception_score``, ``rfid``, ``is``):
     ``digits_<name>`` for the ``grn-digits`` stand-in, else ``name``."""
     return f"digits_{name}" if feature_extractor == DIGITS_EXTRACTOR_NAME else name
-
-
-def step_count(sampler: dict[str, Any]) -> int:
-    """The most refinement steps one sample can take under these settings."""
-    return int(
-        sampler.get("t_max", 50)
-        if sampler.get("schedule") == "complexity_aware"
-        else sampler.get("num_steps", 50)
-    )
 
 
 def task_overrides() -> list[str]:

@@ -97,7 +97,7 @@ def load_with_encoder(ckpt: str | Path, ema: str | None = "ema1"):
 class TextModel:
     """A T2I/T2V network, its caption encoder and tokenizer, and the sampler that maps captions to index labels
     (``sample(net, encode, captions, label_shape, generator, first_frame=None, **sampler)`` returning an object
-    with ``labels``; today the T2I/T2V training module's ``sample_t2iv``)."""
+    with ``labels``; today :func:`grn.sampling.text.sample_t2iv`)."""
 
     net: nn.Module
     encode: Callable[[list[str]], list[torch.Tensor]]

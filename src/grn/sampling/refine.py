@@ -125,7 +125,7 @@ def refine(
         cfg_scale, cfg_interval, cfg_type, cfg_power: guidance (see :mod:`grn.sampling.guidance`); the
             unconditional pass (class ``null_class``) runs only for samples whose scale is not 1, batched with
             the conditional one. ``null_class`` may be an int64 ``[B]`` tensor: a per-sample unconditional id
-            (text guidance passes each sample's negative prompt this way, see :mod:`grn.sampling.text_guidance`).
+            (text guidance passes each sample's negative prompt this way, see :mod:`grn.sampling.text`).
         temperature: tau; logits are divided by it before sampling.
         selection, revise: which predictions are kept (see :mod:`grn.sampling.selection`).
         known, region: region re-generation. ``known`` int64 ``[B, C, h, w]`` labels to keep, ``region`` bool

@@ -16,12 +16,19 @@ pixel frame 0) and held fixed as known tokens while the other latent frames are 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
+from grn import hbq
 from grn.models.t2iv import T2IVNet
+from grn.precision import autocast
+from grn.sampling.config import SamplerConfig
 from grn.sampling.refine import RefineResult, refine
+
+log = logging.getLogger(__name__)
 
 
 def pad_texts(texts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,19 +99,18 @@ def sample_text_to_labels(
     texts: Sequence[torch.Tensor],
     label_shape: Sequence[int],
     negative_texts: Sequence[torch.Tensor] | None = None,
-    num_steps: int = 50,
-    schedule: str = "cosine",
-    snr_shift: float = 1.0,
-    cfg_scale: float = 1.0,
-    cfg_interval: Sequence[float] = (0.0, 1.0),
-    temperature: float = 1.0,
+    sampler: SamplerConfig | None = None,
+    *,
     generator: torch.Generator | None = None,
     first_frame: torch.Tensor | None = None,
     h_div_w_template: float | None = None,
     cache_text: bool = True,
-    **refine_kwargs,
+    known: torch.Tensor | None = None,
+    region: torch.Tensor | None = None,
+    callback: Callable[[int], None] | None = None,
+    **overrides: Any,
 ) -> RefineResult:
-    """Generate label maps for captions.
+    """Generate label maps (the network's layout) for encoded captions; the layer under :func:`sample_t2iv`.
 
     Args:
         net: the T2I/T2V network (eval mode).
@@ -112,17 +118,20 @@ def sample_text_to_labels(
         label_shape: ``(C, h, w)`` (image) or ``(C, T, h, w)`` (video) of one label map.
         negative_texts: the unconditional branch: one encoding per sample or a single shared one (the
             official default is the encoding of ``""``). Needed when ``cfg_scale != 1``.
-        num_steps, schedule, snr_shift, cfg_scale, cfg_interval, temperature: see :func:`refine`
-            (the official T2I/T2V sampler: cosine schedule, guidance at every step).
+        sampler: the settings (:class:`SamplerConfig`, whose defaults are the config's: ``schedule=linear``; the
+            text tasks' configs and the official T2I/T2V sampler use ``schedule=cosine``); ``overrides`` (config
+            keys) on top. Only the loop's settings are read here (:meth:`SamplerConfig.refine_options`).
         generator: the source of every random draw; same seed and device -> same labels.
         first_frame: image-to-video: labels ``[B, C, h, w]`` of latent frame 0 (:func:`encode_first_frame`),
             returned unchanged while the other frames are generated. Needs a video ``label_shape``.
         h_div_w_template: the aspect-ratio template for the 3-D RoPE positions (default: nearest to h / w).
         cache_text: compute the captions' keys and values once (see :class:`TextConditionedNet`).
-        refine_kwargs: the rest of :func:`refine`'s options (selection, complexity-aware settings, known/region).
+        known, region: region re-generation, as :func:`refine` (not together with ``first_frame``).
+        callback: called with the step index after each step.
     Returns:
         :class:`RefineResult` with labels ``[B, *label_shape]``.
     """
+    cfg = SamplerConfig.build(sampler, **overrides)
     bsz = len(texts)
     rows = list(texts)
     null = None
@@ -138,61 +147,66 @@ def sample_text_to_labels(
     if first_frame is not None:
         if len(label_shape) != 4:
             raise ValueError("image-to-video needs a video label_shape (C, T, h, w)")
-        if "known" in refine_kwargs or "region" in refine_kwargs:
+        if known is not None or region is not None:
             raise ValueError("first_frame and known/region are two ways to give known tokens: use one")
         known, region = first_frame_condition(first_frame.to(device), label_shape[1])
-        refine_kwargs.update(known=known, region=region)
     return refine(
         cond_net,
         torch.arange(bsz, device=device),
         label_shape,
         net.num_levels,
-        num_steps=num_steps,
-        schedule=schedule,
-        snr_shift=snr_shift,
-        cfg_scale=cfg_scale,
-        cfg_interval=cfg_interval,
-        temperature=temperature,
         null_class=null,
         generator=generator,
-        **refine_kwargs,
+        known=known,
+        region=region,
+        callback=callback,
+        **cfg.refine_options(),
     )
 
 
 @torch.no_grad()
-def sample_from_captions(
+def sample_t2iv(
     net: T2IVNet,
-    text_encoder,
+    encode: Callable[[list[str]], list[torch.Tensor]],
     captions: Sequence[str],
     label_shape: Sequence[int],
+    generator: torch.Generator | None = None,
     negative_prompt: str | Sequence[str] = "",
-    tokenizer=None,
     first_frame: torch.Tensor | None = None,
-    **sample_kwargs,
-) -> tuple[RefineResult, torch.Tensor | None]:
-    """Captions -> labels (and pixels when a ``tokenizer`` is given).
+    sampler: SamplerConfig | None = None,
+    *,
+    callback: Callable[[int], None] | None = None,
+    **overrides: Any,
+) -> RefineResult:
+    """The T2I / T2V / I2V sampling entry: captions -> index labels ``[B, d, (T,) h, w]`` (bits are converted).
+
+    The pipeline (:class:`grn.text_pipeline.TextPipeline`), ``sample.py``, the training module and the scripts
+    all sample captions through this function; for pixels use the pipeline.
 
     Args:
-        net, text_encoder: a :class:`T2IVNet` and a :class:`~grn.models.text_encoder.TextEncoder` of matching width.
-        captions: B prompts.
-        label_shape: ``(C, h, w)`` or ``(C, T, h, w)``.
-        negative_prompt: the unconditional branch, one for all or one per caption (official default ``""``).
-        tokenizer: an :class:`~grn.models.tokenizer.HBQTokenizer`: decodes the labels to pixels in [-1, 1], and
-            encodes ``first_frame``.
-        first_frame: image-to-video: pixels ``[B, 3, H, W]`` in [-1, 1] of the first frame (needs ``tokenizer``).
-        sample_kwargs: :func:`sample_text_to_labels` options (num_steps, cfg_scale, temperature, generator, ...).
-    Returns:
-        ``(result, pixels)``; pixels ``[B, 3, (frames,) H, W]`` unclamped, or None without a tokenizer.
+        encode: maps captions to ``[L_i, D]`` float features (a text encoder's ``encode_texts``, or a memo).
+        label_shape: the network's ``(C, h, w)`` or ``(C, T, h, w)``.
+        negative_prompt: the unconditional branch of guidance, one for all or one per caption (official ``""``);
+            encoded only when guidance is on.
+        first_frame: image-to-video: labels of latent frame 0 in the network's layout ``[B, C, h, w]``.
+        sampler, overrides: as :func:`sample_text_to_labels`. ``precision`` (``fp32`` | ``bf16`` | ``auto``,
+            :mod:`grn.precision`): bf16 autocast for the network passes; the label head, and so the logits the
+            sampler draws from, stay fp32. ``compile`` applies to the class-conditional sampler only.
     """
+    cfg = SamplerConfig.build(sampler, **overrides)
+    if cfg.compile:
+        log.warning("sampler.compile applies to the class-conditional sampler; T2I/T2V sampling runs eagerly")
+    texts = encode(list(captions))
     negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
-    device = next(net.parameters()).device
-    encoded = [t.to(device=device, dtype=torch.float32) for t in text_encoder.encode_texts(list(captions) + negatives)]
-    first = None
-    if first_frame is not None:
-        if tokenizer is None:
-            raise ValueError("image-to-video needs the tokenizer to encode the first frame")
-        first = encode_first_frame(tokenizer, first_frame, net.target)[:, :, 0]
-    result = sample_text_to_labels(net, encoded[: len(captions)], label_shape, encoded[len(captions) :],
-                                   first_frame=first, **sample_kwargs)
-    pixels = tokenizer.decode_labels(result.labels, target=net.target) if tokenizer is not None else None
-    return result, pixels
+    negative = encode(negatives) if cfg.cfg_scale != 1.0 else None
+    was_training = net.training
+    net.eval()
+    try:
+        with autocast(cfg.precision, next(net.parameters()).device):
+            result = sample_text_to_labels(net, texts, label_shape, negative, cfg, generator=generator,
+                                           first_frame=first_frame, callback=callback)
+    finally:
+        net.train(was_training)
+    if net.target == "bits":
+        result.labels = hbq.bit_labels_to_index_labels(result.labels, net.hbq_rounds)
+    return result
