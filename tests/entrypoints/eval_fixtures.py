@@ -8,7 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from grn.entrypoints.common import CONF_DIR
-from grn.lit_modules.config import plain_config
+from grn.checkpoints.values import plain_config
 from grn.models.ema import EMA
 
 

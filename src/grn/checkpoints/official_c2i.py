@@ -19,7 +19,7 @@ import torch
 
 from grn.checkpoints.build import read_checkpoint
 from grn.checkpoints.layout import NET_PREFIX, ema_prefix, strip_prefix
-from grn.checkpoints.official import OfficialAdapter
+from grn.checkpoints.adapter import OfficialAdapter
 from grn.models.ema import shadow_key
 from grn.models.generator import GENERATOR_SIZES, GRN, build_generator
 

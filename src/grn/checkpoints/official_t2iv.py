@@ -23,7 +23,7 @@ import torch
 
 from grn.checkpoints.build import read_checkpoint
 from grn.checkpoints.layout import EXPORT_KEY, NET_PREFIX
-from grn.checkpoints.official import OfficialAdapter
+from grn.checkpoints.adapter import OfficialAdapter
 from grn.models.t2iv import T2IV_SIZES, T2IVNet, build_t2iv
 
 __all__ = ["ADAPTER", "from_official_keys", "infer_t2iv_config", "load_official_t2iv", "read_official_t2iv",

@@ -22,7 +22,7 @@ import torch
 
 from grn.checkpoints.build import read_checkpoint
 from grn.checkpoints.layout import EXPORT_KEY, TOKENIZER_PREFIX
-from grn.checkpoints.official import OfficialAdapter
+from grn.checkpoints.adapter import OfficialAdapter
 from grn.models.tokenizer import HBQTokenizer
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 :class:`JointSource` names the pixel sources (``data=text_joint``: text–image and text–video shards, each with its
 own buckets, batch size and workers); :class:`JointShards` zips the streams of their caches into batches
-``{"image": {...}, "video": {...}}``, the joint format :class:`~grn.lit_modules.t2iv.T2IVLitModule` trains on.
+``{"image": {...}, "video": {...}}``, the joint format the T2I/T2V trainer (``T2IVLitModule``) trains on.
 An epoch lasts as long as the shortest part; each part keeps its own data position, so a resume is exact for
 every part, and bad-sample totals add up over the parts.
 """

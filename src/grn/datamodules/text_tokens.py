@@ -128,7 +128,7 @@ def ensure_text_token_cache(
     from hydra.utils import instantiate
 
     from grn.checkpoints import load_tokenizer
-    from grn.lit_modules.config import plain_config
+    from grn.checkpoints.values import plain_config
     from grn.models.text_encoder import TextEncoder
 
     if text_dtype not in _DTYPES:

@@ -35,7 +35,7 @@ log = logging.getLogger("grn.eval")
 def sampler_settings(sampler: DictConfig | dict, device: str = "cpu") -> dict[str, Any]:
     """The sampler keys as plain values, without ``seed`` (passed apart), and ``precision: auto`` resolved for
     ``device``: the settings record says which dtype produced the images (and its digest tells them apart)."""
-    from grn.lit_modules.config import plain_config
+    from grn.checkpoints.values import plain_config
     from grn.precision import resolve_precision
 
     opts = dict(plain_config(sampler))

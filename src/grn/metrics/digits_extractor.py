@@ -23,7 +23,7 @@ from torch_fidelity.helpers import vassert
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from grn.metrics.digits import DigitsClassifier
-from grn.metrics.fid import DIGITS_EXTRACTOR_NAME
+from grn.metrics.names import DIGITS_EXTRACTOR_NAME
 
 __all__ = ["DIGITS_EXTRACTOR_NAME", "DigitsFeatureExtractor"]
 

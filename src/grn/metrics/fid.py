@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from grn.io import atomic_write_bytes
+from grn.metrics.names import DIGITS_EXTRACTOR_NAME
 
 __all__ = [
     "INCEPTION_WEIGHTS_FILE",
@@ -48,7 +49,6 @@ __all__ = [
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_CONFIG_KEY = "eval.fid.feature_extractor_weights_path"
 INCEPTION_NAME = "inception-v3-compat"
-DIGITS_EXTRACTOR_NAME = "grn-digits"  # grn.metrics.digits_extractor registers it
 
 
 def _dist_on() -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from grn.metrics.fid import DIGITS_EXTRACTOR_NAME
+from grn.metrics.names import DIGITS_EXTRACTOR_NAME
 
 __all__ = [
     "balanced_batches",
