@@ -130,9 +130,9 @@ class Runner:
         classes = torch.arange(10).repeat_interleave(10)
         probe = {**base, "k": 0.0, "b": float(hi_steps)}
         if official:
-            probe.update(schedule="complexity_aware_official", t_min=lo_steps + 5)
+            probe.update(schedule="complexity_aware_official", complexity_min_steps=lo_steps + 5)
         else:
-            probe.update(schedule="complexity_aware", t_min=lo_steps, t_max=hi_steps, alpha=hi_steps)
+            probe.update(schedule="complexity_aware", complexity_min_steps=lo_steps, complexity_max_steps=hi_steps, alpha=hi_steps)
         h = self.pipe(ckpt)(classes, seed=self.seed + 100, **probe).stats["warmup_entropy"].double()
         q10, q90 = torch.quantile(h, 0.1).item(), torch.quantile(h, 0.9).item()
         k = (hi_steps - lo_steps) / max(q90 - q10, 1e-6)
@@ -183,18 +183,18 @@ def main() -> None:
             if not ckpt or (model == "GRN_bit" and "bit" not in args.parts):
                 continue
             variants = [("official, released k=700 b=-620 Tmin=20",
-                         {"schedule": "complexity_aware_official", "k": 700.0, "b": -620.0, "t_min": 20,
-                          "warmup_steps": 5})]
+                         {"schedule": "complexity_aware_official", "k": 700.0, "b": -620.0, "complexity_min_steps": 20,
+                          "complexity_warmup_steps": 5})]
             for lo, hi in ((15, 45), (5, 25)):
                 k, b = r.calibrate(ckpt, base, True, lo, hi)
                 variants.append((f"official, calibrated D in [{lo}, {hi}] (k={k}, b={b})",
-                                 {"schedule": "complexity_aware_official", "k": k, "b": b, "t_min": lo + 5,
-                                  "warmup_steps": 5}))
+                                 {"schedule": "complexity_aware_official", "k": k, "b": b, "complexity_min_steps": lo + 5,
+                                  "complexity_warmup_steps": 5}))
             for lo, hi in ((20, 50), (10, 30)):
                 k, b = r.calibrate(ckpt, base, False, lo, hi)
                 variants.append((f"ours (Eq. 9 reading), T in [{lo}, {hi}] (k={k}, b={b})",
-                                 {"schedule": "complexity_aware", "k": k, "b": b, "t_min": lo, "t_max": hi,
-                                  "alpha": hi, "warmup_steps": 5}))
+                                 {"schedule": "complexity_aware", "k": k, "b": b, "complexity_min_steps": lo, "complexity_max_steps": hi,
+                                  "alpha": hi, "complexity_warmup_steps": 5}))
             if model == "GRN_bit":
                 variants = variants[:2]
             for label, extra in variants:

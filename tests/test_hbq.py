@@ -87,7 +87,7 @@ def test_video_shape_and_helpers():
     f = torch.rand(2, 4, 3, 2, 2) * 2 - 1
     assert hbq.quantize(f, 4, "index").shape == f.shape
     assert hbq.quantize(f, 4, "bits").shape == (2, 16, 3, 2, 2)
-    assert hbq.num_classes(4, "index") == 16 and hbq.num_classes(4, "bits") == 2
+    assert hbq.num_levels(4, "index") == 16 and hbq.num_levels(4, "bits") == 2
     assert hbq.label_channels(16, 4, "bits") == 64
 
 

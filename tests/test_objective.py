@@ -43,7 +43,7 @@ def test_both_trainers_draw_from_the_shared_distributions():
         net={"_target_": "grn.models.t2iv.build_t2iv", "size": "tiny", "latent_dim": 2, "hbq_rounds": 2,
              "target": "bits", "text_dim": 16},
         text_encoder={"_target_": "grn.models.text_encoder.tiny_text_encoder", "dim": 16, "num_layers": 1,
-                      "num_heads": 2}, warmup_steps=0)
+                      "num_heads": 2})
     drawn = t2iv.sample_keep_prob(1000, torch.Generator().manual_seed(2))
     uniform = torch.rand(1000, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(drawn, shift_keep_prob(uniform, 4.0), rtol=0, atol=0)

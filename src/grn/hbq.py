@@ -32,7 +32,7 @@ def _check(hbq_rounds: int, target: str) -> None:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
 
 
-def num_classes(hbq_rounds: int, target: Target = "index") -> int:
+def num_levels(hbq_rounds: int, target: Target = "index") -> int:
     """Classes per predicted symbol: 2^M for index labels, 2 for bit labels."""
     _check(hbq_rounds, target)
     return 2**hbq_rounds if target == "index" else 2

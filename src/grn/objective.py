@@ -2,7 +2,7 @@
 sample, its SD3-style shift, and the token map in which each label survives with probability t (facts §3.3, §4.4).
 
 Pure functions over tensors; no Lightning. The sampler's schedules use :func:`shift_keep_prob` too (the cosine
-schedule with ``snr_shift``), so training and sampling shift t the same way.
+schedule with ``keep_prob_shift``), so training and sampling shift t the same way.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ class TextPipeline:
                 its latent frame held fixed while the rest of the clip is generated.
             sampler: the settings (:class:`~grn.sampling.config.SamplerConfig`, default: its defaults, so
                 ``schedule=linear``; the official T2I/T2V settings, as ``conf/task/t2i.yaml``, use ``cosine``);
-            overrides: config keys on top (num_steps, schedule, snr_shift, cfg_scale, ...). ``sampler.seed`` is
+            overrides: config keys on top (num_steps, schedule, keep_prob_shift, cfg_scale, ...). ``sampler.seed`` is
                 not read: ``seed`` seeds the draws.
         Returns:
             :class:`grn.pipeline_output.PipelineOutput` with ``images`` ``[B, 3, H, W]`` (t2i) or ``[B, 3, T, H, W]``.

@@ -21,10 +21,10 @@ from tiny_nets import tiny_generator_config  # noqa: E402
 NET = tiny_generator_config(4, 4, 10, 8)
 SAMPLER = {
     "schedule": "complexity_aware",
-    "warmup_steps": 1,
+    "complexity_warmup_steps": 1,
     "alpha": 4,
-    "t_min": 2,
-    "t_max": 4,
+    "complexity_min_steps": 2,
+    "complexity_max_steps": 4,
     "k": 6.0,
     "b": 0.0,
     "cfg_scale": 1.0,

@@ -209,7 +209,7 @@ def test_training_from_text_shards_never_loads_an_encoder_twice(compose_cfg, tmp
     overrides = [f"task={task}", "model/generator=t2iv_tiny", "model/tokenizer=tiny_joint",
                  "model/text_encoder=tiny", "trainer=cpu", "logger=csv", "callbacks=none",
                  f"stages.{task}.tokenizer_ckpt={tok_ckpt}", f"stages.{task}.max_steps=3",
-                 f"stages.{task}.lit_module.warmup_steps=0", f"stages.{task}.lit_module.lr=1e-3",
+                 f"stages.{task}.lit_module.lr_scheduler.warmup_steps=0", f"stages.{task}.lit_module.lr=1e-3",
                  "data.batch_size=2", "data.num_workers=0", "data.epoch_samples=16", "data.shuffle_buffer=4",
                  "data.pin_memory=false", "trainer.log_every_n_steps=1", *data]
     loads = []
@@ -282,7 +282,7 @@ def test_joint_text_shards_train_on_both_parts_and_resume_exactly(compose_cfg, t
     overrides = ["task=t2v", "model/generator=t2iv_tiny", "model/tokenizer=tiny_joint", "model/text_encoder=tiny",
                  "trainer=cpu", "logger=csv", "callbacks=none", "trainer.log_every_n_steps=1",
                  f"stages.t2v.tokenizer_ckpt={tok_ckpt}", "stages.t2v.max_steps=2",
-                 "stages.t2v.lit_module.warmup_steps=0", "data=text_joint",
+                 "stages.t2v.lit_module.lr_scheduler.warmup_steps=0", "data=text_joint",
                  f"data.image.train_shards='{text_image_shards}'", f"data.video.train_shards='{text_video_shards}'",
                  "data.video.pn=4", "data.image.stride=8", "data.video.stride=8", "data.video.num_frames=9",
                  "data.video.fps=8", "data.image.batch_size=3", "data.video.batch_size=2",

@@ -147,11 +147,15 @@ def test_cli_errors_wraps_user_errors_only(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("sampler, message", [
-    ({"schedule": "complexity_aware", "warmup_steps": 10, "t_min": 10}, r"warmup_steps < t_min <= t_max"),
-    ({"schedule": "complexity_aware", "warmup_steps": 5, "alpha": 4}, r"warmup_steps < alpha"),
-    ({"schedule": "complexity_aware_official", "t_min": 60, "num_steps": 50}, r"t_min <= num_steps"),
+    ({"schedule": "complexity_aware", "complexity_warmup_steps": 10, "complexity_min_steps": 10},
+     r"complexity_warmup_steps < complexity_min_steps <= complexity_max_steps"),
+    ({"schedule": "complexity_aware", "complexity_warmup_steps": 5, "alpha": 4}, r"complexity_warmup_steps < alpha"),
+    ({"schedule": "complexity_aware_official", "complexity_min_steps": 60, "num_steps": 50},
+     r"complexity_min_steps <= num_steps"),
+    ({"snr_shift": 2.0}, r"^sampler\.snr_shift was renamed: use sampler\.keep_prob_shift$"),
+    ({"t_max": 40}, r"^sampler\.t_max was renamed: use sampler\.complexity_max_steps$"),
     ({"temperature": "hot"}, r"sampler\.temperature='hot' is invalid"),
-    ({"snr_shift": 0}, r"sampler\.snr_shift=0 is invalid: it must be a number > 0"),
+    ({"keep_prob_shift": 0}, r"sampler\.keep_prob_shift=0 is invalid: it must be a number > 0"),
     ({"cfg_interval": 0.5}, r"sampler\.cfg_interval=0\.5 is invalid: it must be \[lo, hi\]"),
     ({"selection": "greedy"}, r"choose one of random \| confidence"),
     ({"bit_target": "both"}, r"choose one of null \| absolute \| relative"),
@@ -204,6 +208,22 @@ def test_model_and_data_ranges(compose_cfg, override, message):
     cfg = compose_cfg("train", ["experiment=quickstart", override])
     with pytest.raises(ConfigError, match=message):
         validate_train(cfg, ["tokenizer"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+stages.c2i.lit_module.betas=[0.9,0.95]",
+     r"^stages\.c2i\.lit_module\.betas moved: use stages\.c2i\.lit_module\.optimizer\.betas$"),
+    ("+stages.c2i.lit_module.warmup_steps=10",
+     r"^stages\.c2i\.lit_module\.warmup_steps moved: use stages\.c2i\.lit_module\.lr_scheduler\.warmup_steps$"),
+    ("stages.c2i.lit_module.optimizer.betas=[0.9,1.5]", r"lit_module\.optimizer\.betas\[1\]=1\.5 is invalid"),
+    ("stages.c2i.lit_module.lr_scheduler.warmup_steps=-1", r"lr_scheduler\.warmup_steps=-1 is invalid: .*>= 0"),
+])
+def test_optimizer_keys_moved_and_nested_ones_are_checked(compose_cfg, override, message):
+    from grn.entrypoints.validate import validate_train
+
+    cfg = compose_cfg("train", ["experiment=quickstart", override])
+    with pytest.raises(ConfigError, match=message):
+        validate_train(cfg, ["c2i"])
 
 
 def test_dim_must_split_into_heads():

@@ -48,7 +48,8 @@ def test_steps_lower_loss_on_fixed_batch(target):
 def test_trainer_fit_updates_ema_and_reloads(tmp_path):
     torch.manual_seed(0)
     data = TensorDictDataset(**make_batch(32))
-    module = GeneratorLitModule(net=NET, lr=1e-3, ema_decays=[0.5, 0.9], warmup_steps=2)
+    module = GeneratorLitModule(net=NET, lr=1e-3, ema_decays=[0.5, 0.9], lr_scheduler={
+        "_target_": "grn.lit_modules.optim.warmup_constant", "_partial_": True, "warmup_steps": 2})
     trainer = L.Trainer(
         max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False,

@@ -17,7 +17,7 @@ TEXT = {"_target_": "grn.models.text_encoder.tiny_text_encoder", "dim": 16, "num
 
 def module(**kw):
     torch.manual_seed(0)
-    return T2IVLitModule(net=NET, text_encoder=TEXT, warmup_steps=0, **kw)
+    return T2IVLitModule(net=NET, text_encoder=TEXT, **kw)
 
 
 def batch(n=4, frames=None, seed=0):

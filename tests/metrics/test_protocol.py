@@ -89,8 +89,8 @@ def test_step_count_is_t_max_only_for_complexity_aware_sampling():
     def step_count(s):
         return SamplerConfig.build(s).max_steps
 
-    assert step_count({"schedule": "linear", "num_steps": 7, "t_max": 40}) == 7
-    assert step_count({"schedule": "complexity_aware", "num_steps": 7, "t_max": 40}) == 40
+    assert step_count({"schedule": "linear", "num_steps": 7, "complexity_max_steps": 40}) == 7
+    assert step_count({"schedule": "complexity_aware", "num_steps": 7, "complexity_max_steps": 40}) == 40
     assert step_count({}) == 50
 
 

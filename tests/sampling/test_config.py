@@ -32,7 +32,7 @@ def test_unknown_key_is_rejected_in_one_line():
 @pytest.mark.parametrize("schedule,expected", [("linear", 30), ("cosine", 30), ("complexity_aware", 40),
                                                ("complexity_aware_official", 30)])
 def test_max_steps_rule(schedule, expected):
-    assert SamplerConfig.build({"schedule": schedule, "num_steps": 30, "t_min": 10, "t_max": 40}).max_steps == expected
+    assert SamplerConfig.build({"schedule": schedule, "num_steps": 30, "complexity_min_steps": 10, "complexity_max_steps": 40}).max_steps == expected
 
 
 def test_built_from_hydra_and_typed():
@@ -73,3 +73,16 @@ def test_start_up_check_agrees_on_keys():
         SamplerConfig.build({"cfg_scal": 2.0})
     assert str(err.value) == str(same.value)
     check_sampler(SamplerConfig().to_dict())
+
+
+def test_renamed_keys_are_rejected_in_config_and_migrated_from_stored_hparams():
+    from grn.sampling.config import RENAMED_KEYS, migrate_keys
+
+    for old, new in RENAMED_KEYS.items():
+        with pytest.raises(ValueError, match=rf"^sampler\.{old} was renamed: use sampler\.{new}$"):
+            SamplerConfig.build({old: 7})
+        assert new in SAMPLER_KEYS
+    stored = {"snr_shift": 3.0, "t_min": 12, "t_max": 30, "warmup_steps": 4, "num_steps": 9}
+    cfg = SamplerConfig.build(migrate_keys(stored))
+    assert (cfg.keep_prob_shift, cfg.complexity_min_steps, cfg.complexity_max_steps, cfg.complexity_warmup_steps,
+            cfg.num_steps) == (3.0, 12, 30, 4, 9)

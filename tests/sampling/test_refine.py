@@ -91,7 +91,7 @@ def test_schedules():
     cos = keep_probs(50, "cosine")
     assert cos[0] == 0 and cos[-1] == 1 and torch.all(cos[1:] > cos[:-1])
     assert cos[25] == pytest.approx(1 - math.cos(math.pi / 4))
-    shifted = keep_probs(50, "cosine", snr_shift=4.0)
+    shifted = keep_probs(50, "cosine", keep_prob_shift=4.0)
     assert torch.all(shifted[1:-1] < cos[1:-1])  # the shift spends more steps at low keep-probability
     with pytest.raises(ValueError, match="unknown schedule"):
         keep_probs(10, "exponential")
@@ -133,8 +133,8 @@ class EntropyNet(torch.nn.Module):
 def test_complexity_aware_step_counts_follow_entropy():
     net = EntropyNet()
     y = torch.tensor([0, 1, 0, 1])
-    res = refine(net, y, (2, 4, 4), 8, schedule="complexity_aware", warmup_steps=3, alpha=20, k=40.0, b=8.0,
-                 t_min=6, t_max=40, generator=torch.Generator().manual_seed(0))
+    res = refine(net, y, (2, 4, 4), 8, schedule="complexity_aware", complexity_warmup_steps=3, alpha=20, k=40.0, b=8.0,
+                 complexity_min_steps=6, complexity_max_steps=40, generator=torch.Generator().manual_seed(0))
     # H ~ 0 -> round(40·0 + 8) = 8 steps; H = 1 -> round(48) clipped to 40
     assert res.steps.tolist() == [8, 40, 8, 40]
     assert res.stats["warmup_entropy"][0] < 1e-6 and res.stats["warmup_entropy"][1] == pytest.approx(1.0)
@@ -146,8 +146,8 @@ def test_complexity_aware_step_counts_follow_entropy():
 
 def test_complexity_aware_with_k0_equals_fixed_linear():
     kw = dict(generator=None, temperature=1.3)
-    a = refine(RecordingNet(), torch.tensor([0, 1, 2]), (3, 4, 4), 4, schedule="complexity_aware", warmup_steps=5,
-               alpha=20, k=0.0, b=20.0, t_min=10, t_max=30, **{**kw, "generator": torch.Generator().manual_seed(5)})
+    a = refine(RecordingNet(), torch.tensor([0, 1, 2]), (3, 4, 4), 4, schedule="complexity_aware", complexity_warmup_steps=5,
+               alpha=20, k=0.0, b=20.0, complexity_min_steps=10, complexity_max_steps=30, **{**kw, "generator": torch.Generator().manual_seed(5)})
     b = refine(RecordingNet(), torch.tensor([0, 1, 2]), (3, 4, 4), 4, schedule="linear", num_steps=20,
                **{**kw, "generator": torch.Generator().manual_seed(5)})
     assert a.steps.tolist() == [20, 20, 20]

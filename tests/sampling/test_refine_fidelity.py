@@ -126,10 +126,10 @@ class Recorder(torch.nn.Module):
 # ---- 1. the initial noise is never written to ------------------------------------------------------------------
 SAMPLER_PATHS = {
     "linear": dict(num_steps=6),
-    "cosine": dict(num_steps=6, schedule="cosine", snr_shift=2.0),
-    "complexity_aware": dict(schedule="complexity_aware", warmup_steps=2, alpha=8, k=4.0, b=4.0, t_min=4, t_max=8),
-    "complexity_official": dict(schedule="complexity_aware_official", num_steps=12, warmup_steps=2, k=8.0, b=2.0,
-                                t_min=4),
+    "cosine": dict(num_steps=6, schedule="cosine", keep_prob_shift=2.0),
+    "complexity_aware": dict(schedule="complexity_aware", complexity_warmup_steps=2, alpha=8, k=4.0, b=4.0, complexity_min_steps=4, complexity_max_steps=8),
+    "complexity_official": dict(schedule="complexity_aware_official", num_steps=12, complexity_warmup_steps=2, k=8.0, b=2.0,
+                                complexity_min_steps=4),
     "guided": dict(num_steps=6, cfg_scale=2.5, cfg_interval=[0.2, 1.0], temperature=1.3),
     "power_cos": dict(num_steps=6, cfg_scale=2.0, cfg_type="power_cos", cfg_power=1.5),
     "mask_based": dict(num_steps=6, revise=False),
@@ -164,10 +164,10 @@ FIXED_PATHS = {
     "cosine": (dict(num_steps=6, schedule="cosine"), lambda i: 1 - math.cos(math.pi / 2 * i / 6)),
     "guided_tau": (dict(num_steps=6, cfg_scale=2.0, cfg_interval=[0.3, 1.0], temperature=1.31), lambda i: i / 6),
     "mask_based": (dict(num_steps=6, revise=False), lambda i: i / 6),
-    "complexity_aware_k0": (dict(schedule="complexity_aware", warmup_steps=2, alpha=6, k=0.0, b=6.0, t_min=4,
-                                 t_max=8), lambda i: i / 6),
-    "complexity_official": (dict(schedule="complexity_aware_official", num_steps=10, warmup_steps=2, k=0.0,
-                                 b=4.0, t_min=4), lambda i: i / 10 if i <= 2 else 0.2 + 0.8 * (i - 2) / 4),
+    "complexity_aware_k0": (dict(schedule="complexity_aware", complexity_warmup_steps=2, alpha=6, k=0.0, b=6.0, complexity_min_steps=4,
+                                 complexity_max_steps=8), lambda i: i / 6),
+    "complexity_official": (dict(schedule="complexity_aware_official", num_steps=10, complexity_warmup_steps=2, k=0.0,
+                                 b=4.0, complexity_min_steps=4), lambda i: i / 10 if i <= 2 else 0.2 + 0.8 * (i - 2) / 4),
 }
 
 
@@ -334,8 +334,8 @@ def test_replays_official_complexity_aware_sampler(guided):
     totals = info["total"]
     assert len(set(totals.tolist())) >= 3, f"step counts should differ per sample, got {totals.tolist()}"
     rec = Recorder(net)
-    res = refine(rec, y, shape, k, schedule="complexity_aware_official", num_steps=steps, warmup_steps=wp,
-                 k=opts["k"], b=opts["b"], t_min=tmin, temperature=1.2, null_class=10,
+    res = refine(rec, y, shape, k, schedule="complexity_aware_official", num_steps=steps, complexity_warmup_steps=wp,
+                 k=opts["k"], b=opts["b"], complexity_min_steps=tmin, temperature=1.2, null_class=10,
                  cfg_scale=cfg.get("cfg", 1.0), cfg_interval=list(cfg.get("interval", (0.0, 1.0))),
                  generator=torch.Generator().manual_seed(4))
     assert res.steps.tolist() == totals.tolist()
@@ -361,7 +361,7 @@ VARIANTS = {
 
 
 def _refine_kwargs(opts):
-    return dict(schedule=opts.get("schedule", "linear"), snr_shift=opts.get("shift", 1.0),
+    return dict(schedule=opts.get("schedule", "linear"), keep_prob_shift=opts.get("shift", 1.0),
                 selection=opts.get("selection", "random"), revise=opts.get("revise", True),
                 cfg_scale=opts.get("cfg", 1.0), cfg_interval=list(opts.get("interval", (0.0, 1.0))),
                 temperature=opts.get("tau", 1.0))

@@ -80,7 +80,7 @@ def test_text_sampler_replays_plain_restatement(case):
                                    torch.Generator().manual_seed(4), steps=6, known=known, region=region, **opts)
     spy = Spy(net)
     res = sample_text_to_labels(spy, texts, shape, negative_texts=negs, num_steps=6, schedule="cosine",
-                                snr_shift=2.0, cfg_scale=2.5, temperature=1.1, first_frame=first,
+                                keep_prob_shift=2.0, cfg_scale=2.5, temperature=1.1, first_frame=first,
                                 generator=torch.Generator().manual_seed(4), cache_text=False)
     assert len(spy.calls) == 6
     for i, ((z, t), (rz, rt, _)) in enumerate(zip(spy.calls, ref_inputs)):

@@ -104,15 +104,15 @@ def test_negative_prompt_is_the_unconditional_branch():
 
 def test_cosine_schedule_feeds_shifted_keep_probabilities():
     spy = Spy(tiny_net())
-    res = sample(spy, num_steps=6, schedule="cosine", snr_shift=3.0)
+    res = sample(spy, num_steps=6, schedule="cosine", keep_prob_shift=3.0)
     expected = keep_probs(6, "cosine", 3.0)[:6].float()
     assert torch.allclose(torch.stack([t[0] for _, t, *_ in spy.calls]), expected, atol=1e-6)
     assert torch.allclose(res.stats["keep_prob"], expected, atol=1e-6)
 
 
 def test_complexity_aware_sampling_on_video_maps():
-    res = sample(tiny_net(), schedule="complexity_aware", warmup_steps=2, alpha=8, k=-10.0, b=12.0,
-                 t_min=4, t_max=8)
+    res = sample(tiny_net(), schedule="complexity_aware", complexity_warmup_steps=2, alpha=8, k=-10.0, b=12.0,
+                 complexity_min_steps=4, complexity_max_steps=8)
     assert res.labels.shape == (2, 8, 2, 3, 3)
     assert ((res.steps >= 4) & (res.steps <= 8)).all()
 

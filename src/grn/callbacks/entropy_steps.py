@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from grn.callbacks.media import callback_dir, log_histogram, log_image, log_scalars
-from grn.callbacks.sampling import module_sampler
+from grn.callbacks.training_images import module_sampler_config
 from grn.sampling.entry import sample_labels
 
 __all__ = ["EntropyStepHistogram", "plot_entropy_steps"]
@@ -100,7 +100,7 @@ class EntropyStepHistogram(L.Callback):
         rank, world = trainer.global_rank, trainer.world_size
         share = torch.arange(rank, self.num_samples, world, device=pl_module.device)
         classes = share % pl_module.net.num_classes
-        config = module_sampler(pl_module, self.sampler)
+        config = module_sampler_config(pl_module, self.sampler)
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed + rank)
         ctx = pl_module.ema_weights(self.ema) if self.ema else torch.no_grad()
         with ctx:

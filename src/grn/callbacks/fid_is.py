@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from grn.callbacks.media import log_scalars
-from grn.callbacks.sampling import GeneratorSampler, PeriodicGeneratorCallback
+from grn.callbacks.training_images import TrainingImages, PeriodicGeneratorCallback
 from grn.metrics.fid import FidIsAccumulator, build_feature_extractor, to_uint8
 from grn.metrics.protocol import balanced_batches, metric_name
 
@@ -64,7 +64,7 @@ class FidIsProxy(PeriodicGeneratorCallback):
         self.data = data
         self.isc_splits = int(isc_splits)
         self.batch_size = int(batch_size)
-        self.gen = GeneratorSampler(sampler, ema)
+        self.gen = TrainingImages(sampler, ema)
         self.seed = int(seed)
         self.run_at_end = on_train_end
         self._extractor = None

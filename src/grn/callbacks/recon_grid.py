@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from grn.callbacks.media import callback_dir, log_image
-from grn.callbacks.sampling import is_tokenizer_module
+from grn.callbacks.training_images import is_tokenizer_module
 
 __all__ = ["ReconstructionGrid"]
 

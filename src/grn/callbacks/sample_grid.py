@@ -11,7 +11,7 @@ import torch
 from torchvision.utils import save_image
 
 from grn.callbacks.media import callback_dir, log_image
-from grn.callbacks.sampling import GeneratorSampler, PeriodicGeneratorCallback
+from grn.callbacks.training_images import TrainingImages, PeriodicGeneratorCallback
 
 __all__ = ["SampleGrid"]
 
@@ -31,7 +31,7 @@ class SampleGrid(PeriodicGeneratorCallback):
         self.every_n_steps = int(every_n_steps)
         self.num_classes = int(num_classes)
         self.per_class = int(per_class)
-        self.gen = GeneratorSampler(sampler, ema)
+        self.gen = TrainingImages(sampler, ema)
         self.seed = int(seed)
         self.out_dir = out_dir
         self.run_at_end = on_train_end

@@ -1,7 +1,7 @@
 """Exact resume: what a Lightning checkpoint lacks to continue as if the run had never stopped.
 
 Lightning checkpoints hold weights, optimisers, schedulers and loop counters. :class:`ExactResume` adds the data
-position (epoch and batches already consumed in it, so a :class:`~grn.distributed.sampler.ResumableSampler` skips
+position (epoch and batches already consumed in it, so a :class:`~grn.distributed.data_order.ResumableSampler` skips
 them) and every rank's RNG states (torch CPU/CUDA, numpy, Python), so the noise drawn after a resume is the noise
 the uninterrupted run drew.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from grn.distributed.sampler import ResumableSampler, make_resumable
+from grn.distributed.data_order import ResumableSampler, make_resumable
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ def quiet_warnings() -> None:
         ".*The number of training batches.*",
         ".*isinstance\\(treespec, LeafSpec\\).*",
         ".*Using ModelCheckpoint with manual optimization.*",  # GAN stages: the state after the step is intended
-        # train.py makes map-style loaders resumable (grn.distributed.sampler); ExactResume warns where it cannot
+        # train.py makes map-style loaders resumable (grn.distributed.data_order); ExactResume warns where it cannot
         ".*resuming from a checkpoint that ended before the epoch ended.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)

@@ -149,6 +149,32 @@ def trainer_kwargs(cfg: DictConfig, module: L.LightningModule) -> dict[str, Any]
     return kwargs
 
 
+def stage_batching(cfg: DictConfig, name: str) -> dict[str, int] | None:
+    """With ``stages.<name>.global_batch_size`` set: the per-rank ``batch_size`` and ``accumulate_grad_batches``
+    that give that global batch on this launch's world size, the stage's ``datamodule.batch_size`` being the
+    largest micro-batch a device holds (:mod:`grn.distributed.global_batch`). None when the config states a
+    per-device batch only."""
+    stage = cfg.stages[name]
+    global_batch = stage.get("global_batch_size")
+    if global_batch is None:
+        return None
+    import torch
+
+    from grn.distributed.global_batch import split_global_batch, world_size
+
+    if int(cfg.trainer.get("accumulate_grad_batches", 1) or 1) != 1:
+        raise ConfigError(f"stages.{name}.global_batch_size derives the accumulation; remove "
+                          "trainer.accumulate_grad_batches")
+    world = world_size(cfg.trainer, torch.cuda.device_count())
+    try:
+        micro, accumulation = split_global_batch(global_batch, world, stage.datamodule.batch_size)
+    except ValueError as err:
+        raise ConfigError(f"stages.{name}.global_batch_size={global_batch}: {err}") from None
+    log.info("stage %s: global batch %d = %d ranks x micro-batch %d x %d accumulation steps", name, global_batch,
+             world, micro, accumulation)
+    return {"batch_size": micro, "accumulate_grad_batches": accumulation}
+
+
 def train_stage(cfg: DictConfig, name: str) -> Path | None:
     """Train one stage; returns its last checkpoint, or None if the job was pre-empted and requeued."""
     from grn.callbacks.requeue import SlurmRequeue
@@ -162,8 +188,12 @@ def train_stage(cfg: DictConfig, name: str) -> Path | None:
     max_steps = int(stage.max_steps if cfg.get("max_steps") is None else min(stage.max_steps, cfg.max_steps))
     val_every = int(min(stage.get("val_every") or max_steps, max_steps))
 
+    batching = stage_batching(cfg, name)
+    datamodule_cfg = stage.datamodule
+    if batching:
+        datamodule_cfg = OmegaConf.merge(stage.datamodule, {"batch_size": batching["batch_size"]})
     resume_cb = ExactResume(seed=cfg.seed)
-    datamodule = resume_cb.wrap(instantiate(stage.datamodule))
+    datamodule = resume_cb.wrap(instantiate(datamodule_cfg))
     module = instantiate(stage.lit_module)
     callbacks = [resume_cb, *build_callbacks(cfg, name, ckpt_dir)]
     requeue = SlurmRequeue(last) if requeue_enabled(cfg) else None
@@ -179,6 +209,7 @@ def train_stage(cfg: DictConfig, name: str) -> Path | None:
         callbacks=callbacks,
         logger=loggers or False,
         default_root_dir=str(stage_dir),
+        **({"accumulate_grad_batches": batching["accumulate_grad_batches"]} if batching else {}),
         **trainer_kwargs(cfg, module),
     )
     remove_stale_temp_files(ckpt_dir)  # a killed save's temporary file; nothing writes there yet

@@ -84,10 +84,11 @@ def check_sampler(sampler: Mapping | None, prefix: str = "sampler") -> None:
         return f"{prefix}.{name}"
 
     ranges = {
-        "num_steps": dict(integer=True, ge=1), "snr_shift": dict(gt=0), "cfg_scale": dict(ge=0, note=" (1 = off)"),
+        "num_steps": dict(integer=True, ge=1), "keep_prob_shift": dict(gt=0), "cfg_scale": dict(ge=0, note=" (1 = off)"),
         "cfg_power": dict(gt=0), "temperature": dict(ge=0, note=" (0 = argmax)"),
-        "warmup_steps": dict(integer=True, ge=1), "alpha": dict(gt=0), "k": {}, "b": {},
-        "t_min": dict(integer=True, ge=1), "t_max": dict(integer=True, ge=1), "seed": dict(integer=True),
+        "complexity_warmup_steps": dict(integer=True, ge=1), "alpha": dict(gt=0), "k": {}, "b": {},
+        "complexity_min_steps": dict(integer=True, ge=1), "complexity_max_steps": dict(integer=True, ge=1),
+        "seed": dict(integer=True),
     }
     for name, bounds in ranges.items():
         if name in s:
@@ -110,16 +111,17 @@ def check_sampler(sampler: Mapping | None, prefix: str = "sampler") -> None:
         except ValueError as err:
             raise ConfigError(f"{key('cfg_interval')}={_show(interval)} is invalid: {err}") from None
     schedule = s.get("schedule")
-    w, t_min, t_max, alpha, num_steps = (s.get(name, default[name]) for name in
-                                         ("warmup_steps", "t_min", "t_max", "alpha", "num_steps"))
-    if schedule == "complexity_aware" and not (w < t_min <= t_max and w < alpha):
+    w, lo, hi, alpha, num_steps = (s.get(name, default[name]) for name in (
+        "complexity_warmup_steps", "complexity_min_steps", "complexity_max_steps", "alpha", "num_steps"))
+    if schedule == "complexity_aware" and not (w < lo <= hi and w < alpha):
         raise ConfigError(
-            f"{prefix}: schedule=complexity_aware needs warmup_steps < t_min <= t_max and warmup_steps < alpha, got "
-            f"warmup_steps={w}, t_min={t_min}, t_max={t_max}, alpha={alpha}")
-    if schedule == "complexity_aware_official" and not w < t_min <= num_steps:
+            f"{prefix}: schedule=complexity_aware needs complexity_warmup_steps < complexity_min_steps <= "
+            f"complexity_max_steps and complexity_warmup_steps < alpha, got complexity_warmup_steps={w}, "
+            f"complexity_min_steps={lo}, complexity_max_steps={hi}, alpha={alpha}")
+    if schedule == "complexity_aware_official" and not w < lo <= num_steps:
         raise ConfigError(
-            f"{prefix}: schedule=complexity_aware_official needs warmup_steps < t_min <= num_steps, got "
-            f"warmup_steps={w}, t_min={t_min}, num_steps={num_steps}")
+            f"{prefix}: schedule=complexity_aware_official needs complexity_warmup_steps < complexity_min_steps <= "
+            f"num_steps, got complexity_warmup_steps={w}, complexity_min_steps={lo}, num_steps={num_steps}")
 
 
 def check_eval(eval_cfg: Mapping | None, prefix: str = "eval") -> None:
@@ -244,6 +246,16 @@ def image_size(key: str, path: Any) -> tuple[int, int]:
         raise ConfigError(f"{key}={path} cannot be read as an image ({err})") from None
 
 
+# the refinement modules take `_partial_` optimiser / LR-schedule configs (grn.lit_modules.optim); where the keys
+# of earlier releases went
+REFINER_MODULES = ("GeneratorLitModule", "T2IVLitModule")
+MOVED_OPTIMIZER_KEYS = {
+    "betas": "optimizer.betas",
+    "weight_decay": "optimizer.weight_decay",
+    "warmup_steps": "lr_scheduler.warmup_steps",
+}
+
+
 def validate_train(cfg: DictConfig, stages: Iterable[str]) -> None:
     """train.py: step counts of the chosen stages, the global cap, the sampler (and eval for the report)."""
     number("seed", cfg.get("seed"), integer=True)
@@ -254,6 +266,11 @@ def validate_train(cfg: DictConfig, stages: Iterable[str]) -> None:
         number(f"stages.{name}.max_steps", steps, integer=True, ge=1, note=_STEPS_NOTE if steps == -1 else "")
         stage = cfg.stages[name]
         number(f"stages.{name}.val_every", stage.get("val_every"), integer=True, ge=1, optional=True)
+        lit = stage.get("lit_module") or {}
+        if str(lit.get("_target_", "")).endswith(REFINER_MODULES):
+            for old, new in MOVED_OPTIMIZER_KEYS.items():
+                if old in lit:
+                    raise ConfigError(f"stages.{name}.lit_module.{old} moved: use stages.{name}.lit_module.{new}")
         for part in ("datamodule", "lit_module"):
             if part in stage:
                 check_numbers(stage[part], f"stages.{name}.{part}")

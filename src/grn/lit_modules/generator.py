@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from grn.lit_modules.config import plain_hparams
+from grn.lit_modules.optim import adamw
 from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.generator import GRN
 from grn.objective import mix_with_noise, sample_keep_prob
@@ -31,8 +32,9 @@ class GeneratorLitModule(RefinementLitModule):
         label_drop_prob: share of class labels replaced by the null class (for guidance).
         keep_prob_mean, keep_prob_std: logit-normal keep-probability of the training objective.
         blr: base learning rate; lr = blr · global_batch / 256 unless ``lr`` is given.
-        betas, weight_decay: AdamW; 1-D parameters and biases get no weight decay.
-        warmup_steps: linear warm-up from 0, then constant.
+        optimizer: ``_partial_`` optimiser config (AdamW (0.9, 0.95), no weight decay); 1-D parameters and biases
+            get no weight decay.
+        lr_scheduler: ``_partial_`` schedule config (default: none, constant LR; the configs warm up linearly).
         grad_clip: max gradient norm (0 disables).
         ema_decays: one EMA per decay (``ema1``, ``ema2``, ...); ``ema1`` is used for evaluation and sampling.
         ema_warmup: ramp the EMA decay up over the first updates (for short runs).
@@ -48,9 +50,8 @@ class GeneratorLitModule(RefinementLitModule):
         keep_prob_std: float = 0.8,
         blr: float = 5e-5,
         lr: float | None = None,
-        betas: Sequence[float] = (0.9, 0.95),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
+        optimizer: dict | None = None,
+        lr_scheduler: dict | None = None,
         grad_clip: float = 1.0,
         ema_decays: Sequence[float] = (0.9999, 0.9996),
         ema_warmup: bool = False,
@@ -58,7 +59,9 @@ class GeneratorLitModule(RefinementLitModule):
     ):
         super().__init__()
         # plain containers in the checkpoint's hyper_parameters (save_hyperparameters reads these locals)
-        net, sampler, betas, ema_decays, tokenizer_ckpt = plain_hparams(net, sampler, betas, ema_decays, tokenizer_ckpt)
+        optimizer = optimizer if optimizer is not None else adamw(betas=(0.9, 0.95), weight_decay=0.0)
+        net, sampler, optimizer, lr_scheduler, ema_decays, tokenizer_ckpt = plain_hparams(
+            net, sampler, optimizer, lr_scheduler, ema_decays, tokenizer_ckpt)
         self.save_hyperparameters()
         self.net: GRN = instantiate(self.hparams.net)
         self.build_emas(ema_decays, ema_warmup)

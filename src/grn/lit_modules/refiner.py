@@ -2,7 +2,7 @@
 clipping, EMAs updated right after each optimiser step, FSDP2 sharding and the EMA weight swap.
 
 A subclass sets ``self.net`` (a network with ``target`` / ``hbq_rounds``) and calls :meth:`build_emas` in
-``__init__``, keeps ``weight_decay``, ``betas``, ``warmup_steps`` and
+``__init__``, keeps ``optimizer`` / ``lr_scheduler`` (``_partial_`` configs, :mod:`grn.lit_modules.optim`) and
 ``grad_clip`` in its hyper-parameters and implements :meth:`learning_rate`.
 """
 
@@ -17,6 +17,7 @@ import torch
 from grn import hbq
 from grn.distributed.fsdp import reshard, shard_module
 from grn.lit_modules.config import CheckedLoad
+from grn.lit_modules.optim import build_optimizer, build_scheduler, decay_groups
 from grn.models.ema import EMA
 
 
@@ -61,19 +62,11 @@ class RefinementLitModule(CheckedLoad, L.LightningModule):
             ema.update(self.net)
 
     def configure_optimizers(self):
-        """AdamW without weight decay on 1-D parameters and biases; linear warm-up from 0, then constant."""
-        decay, no_decay = [], []
-        for p in self.net.parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        opt = torch.optim.AdamW(groups, lr=self.learning_rate(), betas=tuple(self.hparams.betas))
-        warmup = max(int(self.hparams.warmup_steps), 0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        """The ``_partial_`` optimiser over the (sharded) network, 1-D parameters and biases without weight decay,
+        at :meth:`learning_rate`; the ``_partial_`` LR schedule stepped every optimiser step."""
+        opt = build_optimizer(self.hparams.optimizer, decay_groups(self.net.parameters()), self.learning_rate())
+        sched = build_scheduler(self.hparams.get("lr_scheduler"), opt)
+        return {"optimizer": opt, "lr_scheduler": sched} if sched else opt
 
     @contextlib.contextmanager
     def ema_weights(self, name: str = "ema1") -> Iterator[None]:

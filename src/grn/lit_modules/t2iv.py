@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from grn.lit_modules.config import plain_hparams
+from grn.lit_modules.optim import adamw
 from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
@@ -43,8 +44,10 @@ class T2IVLitModule(RefinementLitModule):
         caption_drop_prob: share of captions replaced by ``""`` (the unconditional branch for guidance).
         keep_prob_shift: the shift of :func:`grn.objective.shift_keep_prob` (4 as the released models).
         keep_prob_std: > 0: t = sigmoid(N(keep_prob_mean, std²)) before the shift; <= 0: t ~ U(0, 1) (official).
-        lr, betas, weight_decay, warmup_steps, grad_clip: AdamW (official CLI: 2e-5, (0.9, 0.999), 0.005, 100,
-            2.0); 1-D parameters and biases get no weight decay; linear warm-up then constant.
+        lr, grad_clip: learning rate and max gradient norm (official CLI: 2e-5, 2.0).
+        optimizer: ``_partial_`` optimiser config (official CLI: AdamW (0.9, 0.999), weight decay 0.005); 1-D
+            parameters and biases get no weight decay.
+        lr_scheduler: ``_partial_`` schedule config (default: none, constant LR; the configs warm up over 100 steps).
         ema_decays: one EMA per decay (``ema1`` is used for sampling).
         sampler: sampler settings used for validation samples.
     """
@@ -59,9 +62,8 @@ class T2IVLitModule(RefinementLitModule):
         keep_prob_mean: float = 0.0,
         keep_prob_std: float = -1.0,
         lr: float = 2e-5,
-        betas: Sequence[float] = (0.9, 0.999),
-        weight_decay: float = 0.005,
-        warmup_steps: int = 100,
+        optimizer: dict | None = None,
+        lr_scheduler: dict | None = None,
         grad_clip: float = 2.0,
         ema_decays: Sequence[float] = (0.9999,),
         ema_warmup: bool = False,
@@ -69,8 +71,9 @@ class T2IVLitModule(RefinementLitModule):
     ):
         super().__init__()
         # plain containers in the checkpoint's hyper_parameters (save_hyperparameters reads these locals)
-        net, text_encoder, sampler, betas, ema_decays, tokenizer_ckpt = plain_hparams(
-            net, text_encoder, sampler, betas, ema_decays, tokenizer_ckpt)
+        optimizer = optimizer if optimizer is not None else adamw(betas=(0.9, 0.999), weight_decay=0.005)
+        net, text_encoder, sampler, optimizer, lr_scheduler, ema_decays, tokenizer_ckpt = plain_hparams(
+            net, text_encoder, sampler, optimizer, lr_scheduler, ema_decays, tokenizer_ckpt)
         self.save_hyperparameters()
         self.net: T2IVNet = instantiate(self.hparams.net)
         self.build_emas(ema_decays, ema_warmup)

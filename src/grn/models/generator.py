@@ -2,7 +2,7 @@
 
 Contract:
     labels  int64 ``[B, C, h, w]``, C = d (GRN_ind, values < 2^M) or M·d (GRN_bit, values in {0, 1})
-    t       float ``[B]``, the keep-probability of the input map (1 = all real tokens)
+    keep_prob  float ``[B]``, the keep-probability of the input map (1 = all real tokens)
     y       int64 ``[B]``, class ids; ``num_classes`` is the null class used for guidance
     logits  float ``[B, K, C, h, w]``, K = 2^M (ind) or 2 (bit)
 
@@ -164,7 +164,7 @@ class GRN(nn.Module):
         self.num_classes = num_classes
         self.input_size = input_size
         self.label_channels = hbq.label_channels(latent_dim, hbq_rounds, target)
-        self.num_levels = hbq.num_classes(hbq_rounds, target)
+        self.num_levels = hbq.num_levels(hbq_rounds, target)
         self.in_context_start = in_context_start
         self.in_context_len = in_context_len
 
@@ -209,7 +209,7 @@ class GRN(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, labels: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, labels: torch.Tensor, keep_prob: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         b, c, h, w = labels.shape
         if c != self.label_channels or h != self.input_size or w != self.input_size:
             raise ValueError(
@@ -218,7 +218,7 @@ class GRN(nn.Module):
             )
         x = self.x_embedder(labels) + self.pos_embed.to(dtype=self.x_embedder.proj2.weight.dtype)
         y_emb = self.y_embedder(y)
-        cond = self.t_embedder(t) + y_emb
+        cond = self.t_embedder(keep_prob) + y_emb
         cos, sin = self.rope_cos, self.rope_sin
         for i, block in enumerate(self.blocks):
             if i == self.in_context_start:

@@ -205,7 +205,7 @@ class T2IVNet(nn.Module):
         self.block_chunks = block_chunks
         self.attn_backend = attn_backend
         self.label_channels = hbq.label_channels(latent_dim, hbq_rounds, target)
-        self.num_levels = hbq.num_classes(hbq_rounds, target)
+        self.num_levels = hbq.num_levels(hbq_rounds, target)
         self.head_dim = hidden_size // num_heads
         width = self.label_channels * self.num_levels
 

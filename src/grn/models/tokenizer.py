@@ -632,7 +632,7 @@ class HBQTokenizer(nn.Module):
         channel_mult = tuple(int(m) for m in channel_mult)
         if not channel_mult:
             raise ValueError("channel_mult needs at least one stage")
-        hbq.num_classes(hbq_rounds)  # validates hbq_rounds early, with the hbq module's message
+        hbq.num_levels(hbq_rounds)  # validates hbq_rounds early, with the hbq module's message
         t_down = _flags(temporal_downsample, len(channel_mult) - 1, "temporal_downsample")
         self.in_channels = in_channels
         self._latent_dim = latent_dim

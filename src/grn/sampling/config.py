@@ -26,8 +26,8 @@ from grn.sampling.selection import SELECTIONS
 BIT_TARGETS = (None, "absolute", "relative")
 # the keys that are settings of the sampling entry, not arguments of refine()
 _ENTRY_KEYS = ("seed", "bit_target", "compile", "precision")
-_INTS = ("num_steps", "warmup_steps", "t_min", "t_max", "seed")
-_FLOATS = ("snr_shift", "cfg_scale", "cfg_power", "temperature", "alpha", "k", "b")
+_INTS = ("num_steps", "complexity_warmup_steps", "complexity_min_steps", "complexity_max_steps", "seed")
+_FLOATS = ("keep_prob_shift", "cfg_scale", "cfg_power", "temperature", "alpha", "k", "b")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class SamplerConfig:
 
     num_steps: int = 50
     schedule: str = "linear"
-    snr_shift: float = 1.0
+    keep_prob_shift: float = 1.0
     cfg_scale: float = 1.0
     cfg_interval: tuple[float, float] = (0.0, 1.0)
     cfg_type: str = "interval"
@@ -52,12 +52,12 @@ class SamplerConfig:
     revise: bool = True
     compile: bool = False
     precision: str = "fp32"
-    warmup_steps: int = 5
+    complexity_warmup_steps: int = 5
     alpha: float = 50  # the defaults are written as conf/sampler/default.yaml writes them
     k: float = 0.0
     b: float = 50.0
-    t_min: int = 10
-    t_max: int = 50
+    complexity_min_steps: int = 10
+    complexity_max_steps: int = 50
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -80,8 +80,9 @@ class SamplerConfig:
             if getattr(self, name) not in choices:
                 shown = " | ".join("null" if c is None else str(c) for c in choices)
                 raise ValueError(f"sampler.{name}={getattr(self, name)!r} is invalid: choose one of {shown}")
-        if self.num_steps < 1 or self.t_max < 1:
-            raise ValueError(f"sampler.num_steps and sampler.t_max must be >= 1, got {self.num_steps}, {self.t_max}")
+        if self.num_steps < 1 or self.complexity_max_steps < 1:
+            raise ValueError(f"sampler.num_steps and sampler.complexity_max_steps must be >= 1, got {self.num_steps}, "
+                             f"{self.complexity_max_steps}")
         set_(self, "cfg_interval", check_interval(tuple(self.cfg_interval)))
 
     @classmethod
@@ -103,9 +104,9 @@ class SamplerConfig:
 
     @property
     def max_steps(self) -> int:
-        """The most refinement steps one sample can take: ``t_max`` under the complexity-aware schedule (Eq. 9),
-        else ``num_steps``."""
-        return self.t_max if self.schedule == "complexity_aware" else self.num_steps
+        """The most refinement steps one sample can take: ``complexity_max_steps`` under the complexity-aware
+        schedule (Eq. 9), else ``num_steps``."""
+        return self.complexity_max_steps if self.schedule == "complexity_aware" else self.num_steps
 
     def refine_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`grn.sampling.refine.refine` (everything but ``seed``, ``bit_target``,
@@ -125,8 +126,29 @@ SAMPLER_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(SamplerCon
 SAMPLER_DEFAULTS["cfg_interval"] = list(SAMPLER_DEFAULTS["cfg_interval"])
 
 
+# keys of earlier releases -> their names now (one name per concept: the keep-probability shift is the training
+# objective's too, and "t" is a keep-probability everywhere, so step counts are not t_*)
+RENAMED_KEYS: dict[str, str] = {
+    "snr_shift": "keep_prob_shift",
+    "warmup_steps": "complexity_warmup_steps",
+    "t_min": "complexity_min_steps",
+    "t_max": "complexity_max_steps",
+}
+
+
+def migrate_keys(stored: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Stored settings (a checkpoint's ``hparams.sampler``, written before a rename) under today's key names. A
+    user's config is not migrated: it gets the one-line error of :func:`unknown_keys` instead."""
+    return {RENAMED_KEYS.get(str(k), str(k)): v for k, v in dict(stored or {}).items()}
+
+
 def unknown_keys(sampler: Mapping[str, Any], prefix: str = "sampler") -> str | None:
-    """The one-line message for the keys of ``sampler`` that are not sampler keys, or None when all are."""
+    """The one-line message for the keys of ``sampler`` that are not sampler keys, or None when all are; a key
+    that was renamed gets a message naming its new name."""
+    renamed = [str(k) for k in sampler if k in RENAMED_KEYS]
+    if renamed:
+        old = renamed[0]
+        return f"{prefix}.{old} was renamed: use {prefix}.{RENAMED_KEYS[old]}"
     extra = [str(k) for k in sampler if k not in SAMPLER_KEYS]
     if not extra:
         return None

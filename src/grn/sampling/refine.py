@@ -96,15 +96,15 @@ def refine(
     temperature: float = 1.0,
     null_class: int | torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    snr_shift: float = 1.0,
+    keep_prob_shift: float = 1.0,
     selection: str = "random",
     revise: bool = True,
-    warmup_steps: int = 5,
+    complexity_warmup_steps: int = 5,
     alpha: float = 50.0,
     k: float = 0.0,
     b: float = 50.0,
-    t_min: int = 10,
-    t_max: int = 50,
+    complexity_min_steps: int = 10,
+    complexity_max_steps: int = 50,
     known: torch.Tensor | None = None,
     region: torch.Tensor | None = None,
     bit_target: str = "absolute",
@@ -119,9 +119,10 @@ def refine(
             over the map, so a temporal ``region`` (e.g. all frames but the first) works the same way.
         num_levels: K, classes per label (2^M for index labels, 2 for bits).
         num_steps: T for the ``linear`` and ``cosine`` schedules.
-        schedule: ``linear`` | ``cosine`` (with ``snr_shift``) | ``complexity_aware``: the first
-            ``warmup_steps`` follow a linear schedule over ``alpha`` steps, then each sample's step count becomes
-            ``clip(round(k·H + b), t_min, t_max)`` from its Eq. 8 entropy H at the end of the warm-up.
+        schedule: ``linear`` | ``cosine`` (with ``keep_prob_shift``) | ``complexity_aware``: the first
+            ``complexity_warmup_steps`` follow a linear schedule over ``alpha`` steps, then each sample's step
+            count becomes ``clip(round(k·H + b), complexity_min_steps, complexity_max_steps)`` from its Eq. 8
+            entropy H at the end of the warm-up.
         cfg_scale, cfg_interval, cfg_type, cfg_power: guidance (see :mod:`grn.sampling.guidance`); the
             unconditional pass (class ``null_class``) runs only for samples whose scale is not 1, batched with
             the conditional one. ``null_class`` may be an int64 ``[B]`` tensor: a per-sample unconditional id
@@ -153,24 +154,26 @@ def refine(
     shape = (bsz, *label_shape)
     aware = schedule == "complexity_aware"
     official = schedule == "complexity_aware_official"
-    if aware and not 0 < warmup_steps < t_min <= t_max:
-        raise ValueError(f"complexity-aware sampling needs 0 < warmup_steps < t_min <= t_max, got "
-                         f"{warmup_steps}, {t_min}, {t_max}")
-    if official and not 0 < warmup_steps < t_min <= num_steps:
-        raise ValueError(f"the official complexity-aware sampler needs 0 < warmup_steps < t_min <= num_steps, got "
-                         f"{warmup_steps}, {t_min}, {num_steps}")
+    if aware and not 0 < complexity_warmup_steps < complexity_min_steps <= complexity_max_steps:
+        raise ValueError("complexity-aware sampling needs 0 < complexity_warmup_steps < complexity_min_steps <= "
+                         "complexity_max_steps, got "
+                         f"{complexity_warmup_steps}, {complexity_min_steps}, {complexity_max_steps}")
+    if official and not 0 < complexity_warmup_steps < complexity_min_steps <= num_steps:
+        raise ValueError("the official complexity-aware sampler needs 0 < complexity_warmup_steps < "
+                         "complexity_min_steps <= num_steps, got "
+                         f"{complexity_warmup_steps}, {complexity_min_steps}, {num_steps}")
     # linear / cosine / ours: ``total`` steps per sample; official: ``post`` = D, the steps after the warm-up
     total = torch.full((bsz,), float(alpha if aware else num_steps), dtype=torch.float64, device=device)
-    post = torch.full((bsz,), float(num_steps - warmup_steps), dtype=torch.float64, device=device)
-    max_steps = int(t_max if aware else num_steps)
+    post = torch.full((bsz,), float(num_steps - complexity_warmup_steps), dtype=torch.float64, device=device)
+    max_steps = int(complexity_max_steps if aware else num_steps)
     if max_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     lin_schedule = "cosine" if schedule == "cosine" else "linear"
 
     def keep_at(step: int, rows: torch.Tensor) -> torch.Tensor:
         if official:
-            return official_keep_prob(step, post[rows], warmup_steps, num_steps)
-        return keep_prob(step, total[rows], lin_schedule, snr_shift)
+            return official_keep_prob(step, post[rows], complexity_warmup_steps, num_steps)
+        return keep_prob(step, total[rows], lin_schedule, keep_prob_shift)
 
     # Alg. 3: one noise map, drawn once, that every token not kept reverts to. ``z`` is written in place below,
     # so it must never be ``noise`` itself.
@@ -221,9 +224,10 @@ def refine(
             cond = logits = net(z_a, t_in, y_a)
         sel_a = selectable[idx]
         entropy = normalized_entropy(cond, sel_a if known is not None else None)
-        if official and i == warmup_steps:  # §E1.4: this step's entropy sets D, its τ and its next t already
+        if official and i == complexity_warmup_steps:  # §E1.4: this step's entropy sets D, its τ and its next t already
             warm_entropy[idx] = entropy
-            post[idx] = official_complexity_steps(entropy, k, b, t_min, warmup_steps, num_steps)
+            post[idx] = official_complexity_steps(entropy, k, b, complexity_min_steps, complexity_warmup_steps,
+                                                  num_steps)
             tau[idx] = temperature * official_temperature_factor(post[idx])
         tau_a = tau[idx] if official and temperature != 0 else temperature
         # draws for the whole batch, used for the samples still refining (see sample_categorical)
@@ -243,9 +247,9 @@ def refine(
             logp = torch.log_softmax(logits.float() / t_conf, dim=1)
             confidence = logp.gather(1, pred.unsqueeze(1)).squeeze(1)
 
-        if aware and i + 1 == warmup_steps:  # Eq. 9: the entropy after the warm-up sets the step count
+        if aware and i + 1 == complexity_warmup_steps:  # Eq. 9: the entropy after the warm-up sets the step count
             warm_entropy[idx] = entropy
-            total[idx] = complexity_steps(entropy, k, b, t_min, t_max).double()
+            total[idx] = complexity_steps(entropy, k, b, complexity_min_steps, complexity_max_steps).double()
         t_next = keep_at(i + 1, idx)
         finishing = t_next >= 1.0
         keep_u = None

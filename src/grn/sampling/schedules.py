@@ -25,37 +25,39 @@ from grn.objective import shift_keep_prob
 SCHEDULES = ("linear", "cosine", "complexity_aware", "complexity_aware_official")
 
 
-def keep_prob(step: int | torch.Tensor, total: torch.Tensor, schedule: str = "linear", snr_shift: float = 1.0) -> torch.Tensor:
+def keep_prob(step: int | torch.Tensor, total: torch.Tensor, schedule: str = "linear",
+              keep_prob_shift: float = 1.0) -> torch.Tensor:
     """Keep-probability of ``step`` out of ``total`` steps, per sample: ``total`` ``[B]`` -> float64 ``[B]``."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     total = torch.as_tensor(total, dtype=torch.float64)
     u = (torch.as_tensor(step, dtype=torch.float64, device=total.device) / total).clamp(0.0, 1.0)
     if schedule == "cosine":
-        t = 1.0 - torch.cos(math.pi / 2 * shift_keep_prob(u, snr_shift))
+        t = 1.0 - torch.cos(math.pi / 2 * shift_keep_prob(u, keep_prob_shift))
         t = torch.where(u >= 1.0, torch.ones_like(t), t)  # exactly 1 at the end despite rounding
     else:
         t = u
     return torch.where(u <= 0.0, torch.zeros_like(t), t)
 
 
-def keep_probs(num_steps: int, schedule: str = "linear", snr_shift: float = 1.0) -> torch.Tensor:
+def keep_probs(num_steps: int, schedule: str = "linear", keep_prob_shift: float = 1.0) -> torch.Tensor:
     """The whole table ``[num_steps + 1]`` (float64) from 0 to 1 for a fixed number of steps."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    return keep_prob(torch.arange(num_steps + 1), torch.full((num_steps + 1,), float(num_steps)), schedule, snr_shift)
+    steps = torch.arange(num_steps + 1)
+    return keep_prob(steps, torch.full((num_steps + 1,), float(num_steps)), schedule, keep_prob_shift)
 
 
-def complexity_steps(entropy: torch.Tensor, k: float, b: float, t_min: int, t_max: int) -> torch.Tensor:
-    """Paper Eq. 9: the step count of each sample, ``clip(round(k · H + b), t_min, t_max)``, from its mean
+def complexity_steps(entropy: torch.Tensor, k: float, b: float, min_steps: int, max_steps: int) -> torch.Tensor:
+    """Paper Eq. 9: the step count of each sample, ``clip(round(k · H + b), min_steps, max_steps)``, from its mean
     normalised prediction entropy H (Eq. 8) after the warm-up. ``entropy`` ``[B]`` -> int64 ``[B]``.
 
     Simple samples (low entropy) get fewer steps; with ``k = 0`` every sample gets ``b`` steps.
     """
-    return torch.round(k * entropy.double() + b).clamp(t_min, t_max).long()
+    return torch.round(k * entropy.double() + b).clamp(min_steps, max_steps).long()
 
 
-def official_keep_prob(step: int, post_steps: torch.Tensor, warmup_steps: int, num_steps: int) -> torch.Tensor:
+def official_keep_prob(step: int, post_steps: torch.Tensor, warmup: int, num_steps: int) -> torch.Tensor:
     """Keep-probability of ``step`` under the released C2I complexity-aware sampler, per sample -> float64 ``[B]``.
 
     ``t = wp/steps + (1 - wp/steps) · (step - wp) / D``, exactly 1 from ``step = wp + D`` on. ``post_steps`` (D,
@@ -63,18 +65,18 @@ def official_keep_prob(step: int, post_steps: torch.Tensor, warmup_steps: int, n
     of the warm-up.
     """
     d = torch.as_tensor(post_steps, dtype=torch.float64)
-    start = warmup_steps / num_steps
-    done = step - warmup_steps
+    start = warmup / num_steps
+    done = step - warmup
     t = start + (1.0 - start) * done / d
     return torch.where(d <= done, torch.ones_like(t), t)
 
 
-def official_complexity_steps(entropy: torch.Tensor, k: float, b: float, t_min: int, warmup_steps: int,
+def official_complexity_steps(entropy: torch.Tensor, k: float, b: float, min_steps: int, warmup: int,
                               num_steps: int) -> torch.Tensor:
     """The released decision (official update §E1.4): post-warm-up steps ``D = round(clip(k·H + b, Tmin - wp,
     steps - wp))`` from the base-2 normalised entropy H at step ``wp`` (``torch.round``: half to even).
     ``entropy`` ``[B]`` -> float64 ``[B]``; a sample takes ``wp + D`` network passes in all."""
-    return (k * entropy.double() + b).clamp(t_min - warmup_steps, num_steps - warmup_steps).round()
+    return (k * entropy.double() + b).clamp(min_steps - warmup, num_steps - warmup).round()
 
 
 def official_temperature_factor(post_steps: torch.Tensor) -> torch.Tensor:

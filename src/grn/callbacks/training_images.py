@@ -8,11 +8,11 @@ from typing import Any
 import lightning as L
 import torch
 
-from grn.sampling.config import SamplerConfig
+from grn.sampling.config import SamplerConfig, migrate_keys
 from grn.sampling.entry import sample_labels
 
-__all__ = ["GeneratorSampler", "PeriodicGeneratorCallback", "is_generator_module", "is_tokenizer_module",
-           "module_sampler"]
+__all__ = ["TrainingImages", "PeriodicGeneratorCallback", "is_generator_module", "is_tokenizer_module",
+           "module_sampler_config"]
 
 
 def is_generator_module(pl_module) -> bool:
@@ -25,12 +25,13 @@ def is_tokenizer_module(pl_module) -> bool:
     return hasattr(pl_module, "ema_tokenizer")
 
 
-def module_sampler(pl_module, overrides: dict[str, Any] | None = None) -> SamplerConfig:
+def module_sampler_config(pl_module, overrides: dict[str, Any] | None = None) -> SamplerConfig:
     """The module's ``sampler`` hyper-parameter with a callback's ``overrides`` on top, as one config."""
-    return SamplerConfig.build(pl_module.hparams.get("sampler"), **dict(overrides or {}))
+    # hparams are stored data (an older checkpoint may use renamed keys); the callback's overrides are config
+    return SamplerConfig.build(migrate_keys(pl_module.hparams.get("sampler")), **dict(overrides or {}))
 
 
-class GeneratorSampler:
+class TrainingImages:
     """``images(pl_module, classes int64 [B], seed) -> float [B, 3, H, W]`` in [-1, 1] (and the RefineResult)."""
 
     def __init__(self, sampler: dict[str, Any] | None = None, ema: str | None = "ema1"):
@@ -52,7 +53,7 @@ class GeneratorSampler:
 
     @torch.no_grad()
     def images(self, pl_module, classes: torch.Tensor, seed: int):
-        config = module_sampler(pl_module, self.sampler)
+        config = module_sampler_config(pl_module, self.sampler)
         g = torch.Generator(device=pl_module.device).manual_seed(int(seed))
         ctx = pl_module.ema_weights(self.ema) if self.ema else torch.no_grad()
         with ctx:

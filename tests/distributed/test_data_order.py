@@ -4,7 +4,7 @@ order is the one of a seeded shuffling DataLoader, ranks split it, and a skip re
 import torch
 from torch.utils.data import DataLoader
 
-from grn.distributed.sampler import ResumableSampler, make_resumable
+from grn.distributed.data_order import ResumableSampler, make_resumable
 
 
 def test_one_replica_matches_a_seeded_shuffling_loader_epoch_after_epoch():

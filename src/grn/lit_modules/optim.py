@@ -1,0 +1,68 @@
+"""Optimisers and LR schedules from ``_partial_`` configs, built in ``configure_optimizers`` (after FSDP2 has
+sharded the network, so the optimiser holds the sharded parameters).
+
+A module's ``optimizer`` hyper-parameter is a Hydra config such as::
+
+    optimizer: {_target_: torch.optim.AdamW, _partial_: true, betas: [0.9, 0.95], weight_decay: 0.0}
+    lr_scheduler: {_target_: grn.lit_modules.optim.warmup_constant, _partial_: true, warmup_steps: 1000}
+
+The learning rate is not part of it: the module computes it (``blr · global_batch / 256`` or a fixed ``lr``) and
+passes it in, so one config serves every world size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+
+def adamw(**kwargs: Any) -> dict[str, Any]:
+    """The ``_partial_`` AdamW config with ``kwargs`` (betas, weight_decay, ...): a module's default optimiser."""
+    return {"_target_": "torch.optim.AdamW", "_partial_": True, **kwargs}
+
+
+def decay_groups(params: Iterable[torch.nn.Parameter], no_decay_1d: bool = True) -> list[dict[str, Any]]:
+    """Parameter groups: matrices (ndim ≥ 2) take the optimiser's weight decay; 1-D parameters and biases get 0
+    when ``no_decay_1d`` (the usual AdamW rule of the official recipes)."""
+    decay, no_decay = [], []
+    for p in params:
+        if p.requires_grad:
+            (no_decay if no_decay_1d and p.ndim <= 1 else decay).append(p)
+    groups: list[dict[str, Any]] = [{"params": decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(config: Mapping[str, Any], groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    """``instantiate(config)`` (a ``_partial_`` optimiser) applied to ``groups`` at learning rate ``lr``."""
+    factory = instantiate(dict(config))
+    if not callable(factory) or isinstance(factory, torch.optim.Optimizer):
+        raise ValueError(f"optimizer config {dict(config)} must be `_partial_: true` (it is built after sharding)")
+    return factory(groups, lr=lr)
+
+
+def build_scheduler(config: Mapping[str, Any] | None, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """The Lightning ``lr_scheduler`` entry (stepped every optimiser step) from a ``_partial_`` config, or None."""
+    if not config:
+        return None
+    return {"scheduler": instantiate(dict(config))(optimizer), "interval": "step"}
+
+
+def warmup_constant(optimizer: torch.optim.Optimizer, warmup_steps: int = 0,
+                    start_factor: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from ``start_factor · lr`` to ``lr`` over ``warmup_steps`` steps, then constant.
+
+    The factor at step s is ``start + (1 - start) · min(1, (s + 1) / warmup_steps)``: the first step already moves
+    off ``start_factor`` (step 0 trains at ``(1/warmup)·lr`` for ``start_factor = 0``, as before this module)."""
+    warmup = max(int(warmup_steps), 0)
+    start = float(start_factor)
+
+    def factor(step: int) -> float:
+        if not warmup:
+            return 1.0
+        return start + (1.0 - start) * min(1.0, (step + 1) / warmup)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
