@@ -56,6 +56,14 @@ def expand_shards(
     return urls, [w / total for w in url_weights]
 
 
+def source_urls(shards: str | Sequence[str] | None) -> list[list[str]]:
+    """The urls of each source of ``shards`` (see :func:`expand_shards`), in source order; ``[]`` for None."""
+    if shards is None:
+        return []
+    sources = shards.split("::") if isinstance(shards, str) else [str(s) for s in shards]
+    return [expand_shards(pattern)[0] for pattern in sources]
+
+
 def check_sources_readable(shards: str | Sequence[str]) -> None:
     """Start-up check: every source of ``shards`` has a shard that opens and starts with a tar header (local files;
     remote and ``pipe:`` urls are not opened here). Raises ``ValueError`` (one line) naming the source otherwise.

@@ -35,7 +35,7 @@ Where the parts live: :mod:`~grn.datamodules.shard_lists` (patterns, seeds), :mo
 from __future__ import annotations
 
 from grn.datamodules.batching import Batcher, collate
-from grn.datamodules.shard_lists import check_sources_readable, expand_shards, sample_rng, seed_of
+from grn.datamodules.shard_lists import check_sources_readable, expand_shards, sample_rng, seed_of, source_urls
 from grn.datamodules.shard_module import ResumableLoader, ShardDataModule
 from grn.datamodules.shard_reader import shard_samples
 from grn.datamodules.shard_stream import Decoder, ShardStream
@@ -54,4 +54,5 @@ __all__ = [
     "sample_rng",
     "seed_of",
     "shard_samples",
+    "source_urls",
 ]
