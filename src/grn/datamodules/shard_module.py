@@ -128,6 +128,14 @@ class ShardDataModule(L.LightningDataModule):
     def batcher(self, split: str) -> Batcher:
         return Batcher(self.batch_size, drop_last=self.drop_last if split == "train" else False)
 
+    def raw_samples(self) -> Callable[..., Any] | None:
+        """The reader of raw samples (see :class:`ShardStream`); None: tar shards."""
+        return None
+
+    def check_readable(self, shards: str | Sequence[str]) -> None:
+        """Start-up check that every source of ``shards`` holds readable data (tar shards here)."""
+        check_sources_readable(shards)
+
     def transform_spec(self) -> dict[str, Any]:
         """What decides a sample's pixels (for token-cache keys); subclasses add their settings. Limits that differ
         from the defaults are part of it (they decide which samples are there)."""
@@ -183,9 +191,10 @@ class ShardDataModule(L.LightningDataModule):
             tag=split,
             log_every_s=self.log_every_s,
             max_member_bytes=self.limits.max_member_bytes,
+            read_samples=self.raw_samples(),
         )
         stream.check_shard_count(self.num_workers)
-        check_sources_readable(self.train_shards if train else self.val_shards)
+        self.check_readable(self.train_shards if train else self.val_shards)
         return stream
 
     def train_dataloader(self) -> DataLoader:

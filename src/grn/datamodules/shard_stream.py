@@ -37,6 +37,9 @@ class ShardStream(IterableDataset):
         max_bad_in_a_row: this many bad samples in a row stop the run with an error (all data bad, or a
             setting no sample can meet, would otherwise spin forever on resampled shards).
         max_member_bytes: tar members larger than this are skipped unread (their sample counts ``too_large``).
+        read_samples: ``read_samples(urls, counter, max_member_bytes)`` → raw samples of those urls, counting the
+            lost ones (default :func:`~grn.datamodules.shard_reader.shard_samples`, tar shards;
+            :class:`~grn.datamodules.jsonl.JsonlLines` reads jsonl files).
 
     Set by the loader before each pass (:meth:`prepare`): ``epoch``, the per-logical-worker resume positions and
     the worker rotation.
@@ -61,6 +64,7 @@ class ShardStream(IterableDataset):
         log_every_s: float = 60.0,
         max_bad_in_a_row: int = 1000,
         max_member_bytes: int = Limits.max_member_bytes,
+        read_samples: Callable[..., Iterator[dict[str, Any]]] | None = None,
     ) -> None:
         super().__init__()
         if resampled and batches_per_worker is None:
@@ -81,6 +85,7 @@ class ShardStream(IterableDataset):
         self.log_every_s = log_every_s
         self.max_bad_in_a_row = max_bad_in_a_row
         self.max_member_bytes = int(max_member_bytes)
+        self.read_samples = read_samples or shard_samples
         self.epoch = 0
         self.resume: dict[int, dict] = {}
         self.rotation = 0
@@ -132,7 +137,7 @@ class ShardStream(IterableDataset):
             return
 
         counter = BadSampleCounter(self.log_every_s, where=f"{self.tag} rank {self.rank} worker {worker}")
-        raw: Iterator[dict] = shard_samples(self._shards(worker, num_workers), counter, self.max_member_bytes)
+        raw: Iterator[dict] = self.read_samples(self._shards(worker, num_workers), counter, self.max_member_bytes)
         if self.shuffle_buffer > 1:
             rng = random.Random(seed_of(self.seed, self.epoch, self.rank, worker, 3))
             raw = wds.filters._shuffle(raw, self.shuffle_buffer, self.shuffle_initial, rng=rng)
