@@ -2,6 +2,7 @@
 
     python scripts/make_shards.py folder  data/imagenet/train  shards/imagenet-train --max-count 1000
     python scripts/make_shards.py jsonl   meta/*.jsonl         shards/t2v --media-root /data/videos
+    python scripts/make_shards.py jsonl   GRN/data/toy_data/jsonls/*/*.jsonl shards/toy-video --media-root GRN --kind video
     python scripts/make_shards.py builtin digits                          # into $GRN_CACHE_DIR/shards/
 
 ``folder``: one sub-folder per class (torchvision ImageFolder order), the original image bytes, ``cls`` and a
@@ -32,7 +33,10 @@ def main(argv: list[str] | None = None) -> dict:
     jsonl = sub.add_parser("jsonl", help="official T2I/T2V jsonl lines (image_path or video_path)")
     jsonl.add_argument("jsonl", nargs="+")
     jsonl.add_argument("out")
-    jsonl.add_argument("--media-root", default=None, help="base of relative media paths (default: the jsonl's dir)")
+    jsonl.add_argument("--media-root", default=None, help="base of relative media paths (default: the jsonl's dir; "
+                       "the official toy data: the folder holding data/toy_data)")
+    jsonl.add_argument("--kind", choices=("image", "video"), default=None,
+                       help="keep only image or video lines (the official toy files mix both; write one set each)")
     builtin = sub.add_parser("builtin", help="a built-in real set into the data cache")
     builtin.add_argument("name", choices=BUILTIN_SHARD_SETS)
     builtin.add_argument("--cache-dir", default=None, help="default: $GRN_CACHE_DIR or .cache/grn")
@@ -53,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
         result = {"shards": [str(s) for s in shards], "num_classes": len(classes)}
     else:
         stats: dict[str, int] = {}
-        shards = write_shards(iter_jsonl_media(args.jsonl, media_root=args.media_root, stats=stats), args.out,
+        lines = iter_jsonl_media(args.jsonl, media_root=args.media_root, stats=stats, kind=args.kind)
+        shards = write_shards(lines, args.out,
                               prefix=args.prefix, max_count=args.max_count, info={"skipped": stats})
         result = {"shards": [str(s) for s in shards], "skipped": stats}
     json.dump(result, sys.stdout, indent=1)

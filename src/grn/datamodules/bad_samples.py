@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 #   bad_value       a field of the right type whose value is impossible (NaN/inf, negative, zero where positive,
 #                   out of range, begin >= end)
 #   too_short       a video shorter than the minimum training duration (filtered, as the official loader drops it)
+#   missing_media   a jsonl line read directly (datamodules/jsonl.py) whose media file is missing or unreadable
 BAD_REASONS = ("truncated_tar", "corrupt_tar", "unreadable_tar", "duplicate_key", "too_large", "aspect_ratio",
-               "decode_image", "decode_video", "missing_key", "wrong_type", "bad_value", "too_short")
+               "decode_image", "decode_video", "missing_key", "wrong_type", "bad_value", "too_short",
+               "missing_media")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,10 +8,13 @@ examples of one bucket only, so every batch has a single shape.
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Sequence
 
-from grn.datamodules.wds import Batcher
+from grn.datamodules.batching import Batcher
 
-__all__ = ["H_DIV_W_TEMPLATES", "PN_SIDE_TOKENS", "BucketBatcher", "bucket_pixels", "nearest_template"]
+__all__ = ["H_DIV_W_TEMPLATES", "PN_SIDE_TOKENS", "BucketBatcher", "PnChoice", "bucket_pixels", "nearest_template",
+           "pn_megapixels"]
 
 # the official default h/w templates. The official keys are truncated to 3 decimals (1.777, 0.562, ...); the
 # sizes in the official table need the exact ratios behind them (2M at 16:9 is 1088 px high only with 9/16)
@@ -38,6 +41,61 @@ def bucket_pixels(h_div_w: float, pn: str | int, stride: int = 16) -> tuple[int,
     pw = math.floor(math.sqrt(side * side / h_div_w) + 0.5)
     ph = math.floor(pw * h_div_w + 0.5)
     return stride * ph, stride * pw
+
+
+def pn_megapixels(pn: str | int, stride: int = 16) -> float:
+    """A size preset's pixel count in millions: the number in its name (``"0.41M"`` -> 0.41), or
+    ``(side · stride)² / 1e6`` for a side in tokens."""
+    if isinstance(pn, str):
+        if pn not in PN_SIDE_TOKENS:
+            raise ValueError(f"unknown pn {pn!r}; use one of {sorted(PN_SIDE_TOKENS)} or a side in tokens")
+        return float(pn[:-1])
+    return (int(pn) * stride) ** 2 / 1e6
+
+
+class PnChoice:
+    """Per-example resolution (official ``sample_pn``): a preset drawn from ``pn_list`` with weights ``pn_probs``
+    (renormalised), restricted to presets with ``pn < h·w / 1e6 / 0.7`` when the source size is known, so a small
+    source is not trained far above its own resolution. Where no preset qualifies, the smallest one is used.
+
+    Args:
+        pn_list: presets (names of :data:`PN_SIDE_TOKENS` or sides in tokens).
+        pn_probs: one non-negative weight per preset (default: equal).
+        stride: pixels per token (for presets given as sides).
+    """
+
+    def __init__(self, pn_list: Sequence[str | int], pn_probs: Sequence[float] | None = None, stride: int = 16):
+        self.pn_list = [p if isinstance(p, str) else int(p) for p in pn_list]
+        if not self.pn_list:
+            raise ValueError("pn_list is empty; give at least one size preset")
+        probs = [1.0] * len(self.pn_list) if pn_probs is None else [float(x) for x in pn_probs]
+        if len(probs) != len(self.pn_list) or any(x < 0 for x in probs) or sum(probs) <= 0:
+            raise ValueError(f"pn_probs {list(probs)} must be one non-negative weight per pn_list entry "
+                             f"{self.pn_list}, with a positive sum")
+        total = sum(probs)
+        self.pn_probs = [x / total for x in probs]
+        self.megapixels = [pn_megapixels(p, stride) for p in self.pn_list]
+
+    def allowed(self, height: float | None = None, width: float | None = None) -> tuple[list, list[float]]:
+        """``(presets, probabilities)`` a source of ``height × width`` pixels can get (all when the size is
+        unknown); the probabilities are renormalised over the allowed presets."""
+        keep = list(range(len(self.pn_list)))
+        if height and width:
+            limit = height * width / 1e6 / 0.7
+            keep = [i for i in keep if self.megapixels[i] < limit and self.pn_probs[i] > 0]
+            if not keep:
+                keep = [min(range(len(self.pn_list)), key=lambda i: self.megapixels[i])]
+        weights = [self.pn_probs[i] for i in keep]
+        total = sum(weights) or 1.0
+        return [self.pn_list[i] for i in keep], [w / total for w in weights]
+
+    def draw(self, rng: random.Random, height: float | None = None, width: float | None = None) -> str | int:
+        """One preset for a source of ``height × width`` pixels (no draw where only one is allowed)."""
+        presets, probs = self.allowed(height, width)
+        return presets[0] if len(presets) == 1 else rng.choices(presets, weights=probs)[0]
+
+    def spec(self) -> dict:
+        return {"pn_list": list(self.pn_list), "pn_probs": list(self.pn_probs)}
 
 
 class BucketBatcher(Batcher):

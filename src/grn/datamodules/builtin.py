@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from grn.datamodules.skimage_media import COLOUR_PHOTOS, raw_gif, raw_photo
+
 __all__ = [
     "BUILTIN_SHARD_SETS",
     "DIGITS_SPLITS",
@@ -188,8 +190,9 @@ class DigitsDataModule(L.LightningDataModule):
 # shard pipeline (and everything downstream: token caches, resume, bad-sample counting) runs fully offline.
 BUILTIN_SHARD_SETS = ("digits", "photos", "gif")
 _BUILTIN_VERSION = 1  # bump when a generator below changes its output
-SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
-                  "retina", "motorcycle_left")
+# the colour photos minus motorcycle_left, which skimage.data does not load by name and these shards never held
+# (keeping it out keeps the written shards and their labels as they were)
+SKIMAGE_PHOTOS = tuple(name for name in COLOUR_PHOTOS if name != "motorcycle_left")
 
 
 def _default_cache_dir() -> str:
@@ -217,16 +220,14 @@ def _digits_samples(split: str, image_size: int):
 
 def _skimage_photos() -> list[tuple[str, np.ndarray]]:
     """The RGB photos of skimage.data that load offline, as uint8 ``[H, W, 3]``."""
-    import skimage.data
-
     photos = []
     for name in SKIMAGE_PHOTOS:
         try:
-            img = np.asarray(getattr(skimage.data, name)())
+            img = raw_photo(name)
         except Exception:  # a photo that needs a download (pooch) in this skimage version: leave it out
             continue
-        if img.ndim == 3 and img.shape[-1] >= 3 and img.dtype == np.uint8:
-            photos.append((name, np.ascontiguousarray(img[..., :3])))
+        if img.shape[-1] == 3:
+            photos.append((name, np.ascontiguousarray(img)))
     if not photos:
         raise RuntimeError("no skimage.data photo could be loaded offline")
     return photos
@@ -252,18 +253,10 @@ def _photo_samples(split: str, crop: int, crops_per_photo: int):
 
 def _gif_samples(scale: int = 4):
     """skimage's 24-frame ``no_time_for_that_tiny.gif`` as one mp4 sample (upscaled ×``scale``, nearest)."""
-    import os
-
-    import skimage
-    from PIL import Image, ImageSequence
-
     from grn.datamodules.video import encode_mp4
 
-    path = os.path.join(os.path.dirname(skimage.__file__), "data", "no_time_for_that_tiny.gif")
-    with Image.open(path) as gif:
-        durations = [f.info.get("duration", 100) for f in ImageSequence.Iterator(gif)]
-        frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(gif)]
-    video = np.stack(frames).repeat(scale, axis=1).repeat(scale, axis=2)  # [T, H, W, 3]
+    frames, durations = raw_gif()
+    video = frames.repeat(scale, axis=1).repeat(scale, axis=2)  # [T, H, W, 3]
     video = video[:, : video.shape[1] // 2 * 2, : video.shape[2] // 2 * 2]
     fps = 1000.0 / float(np.mean(durations))
     yield {"__key__": "gif_000000", "mp4": encode_mp4(video, fps, gop=4),

@@ -1,11 +1,15 @@
-"""Text–image and text–video pairs from shards written from the official jsonl lines (facts §5.2).
+"""Text–image and text–video pairs from shards written from the official jsonl lines (facts §5.2,
+official_update §C10), or read from the jsonl files directly (:mod:`grn.datamodules.jsonl`).
 
 A sample holds the media (``jpg``/``png``/``webp`` or ``mp4``) and the jsonl line as ``json``. Captions follow
-the official rules: images use ``long_caption`` (``text`` when it is empty) and, with probability
-``short_caption_prob``, the short ``text``; videos use ``tarsier2_caption`` (required), or
-``MiniCPM_V_2_6_caption`` half of the time when present, with ``quality_prompt`` appended. Every example is
-resized to cover, and centre-cropped to, its aspect-ratio bucket (:mod:`grn.datamodules.buckets`), and batches
-never mix buckets.
+the official rules (:mod:`grn.datamodules.captions`): images use ``long_caption`` (``text`` when it is empty)
+and, with probability ``short_caption_prob``, the short ``text`` (or sentence dropping for InternVL captions);
+videos draw one entry of the ``caption`` list uniformly (new schema) or use ``tarsier2_caption`` /
+``MiniCPM_V_2_6_caption`` half of the time (old schema), optionally drop sentences, and get ``quality_prompt``
+appended (a per-source ``quality_prompts`` entry replaces it). With ``prompt_prefix`` the caption starts with
+``<T2I>`` / ``<T2V>`` / ``<I2V>`` (:mod:`grn.prompts`). Every example is resized to cover, and centre-cropped
+to, its aspect-ratio bucket (:mod:`grn.datamodules.buckets`) at ``pn`` or at a preset drawn per example from
+``pn_list`` / ``pn_probs``, and batches never mix buckets.
 
 Batches: ``{"image": float32 [B, 3, H, W] | "video": [B, 3, T, H, W] in [-1, 1], "caption": list[str], "key"}``.
 A :meth:`~_BucketedDataModule.single_pass` view (what the text token cache reads) also returns
@@ -15,14 +19,14 @@ is cached (:mod:`grn.datamodules.text_tokens`) and the choice is made again at e
 
 from __future__ import annotations
 
-import json
 import random
 from typing import Any
 
 import numpy as np
 
 from grn.datamodules.bad_samples import BadSample, Limits
-from grn.datamodules.buckets import H_DIV_W_TEMPLATES, BucketBatcher, bucket_pixels, nearest_template
+from grn.datamodules.buckets import H_DIV_W_TEMPLATES, BucketBatcher, PnChoice, bucket_pixels, nearest_template
+from grn.datamodules.captions import CaptionRules, caption_fields, with_quality
 from grn.datamodules.images import decode_image, to_tensor
 from grn.datamodules.video import (
     check_num_frames,
@@ -33,80 +37,61 @@ from grn.datamodules.video import (
     resize_cover_crop,
     sample_meta,
 )
-from grn.datamodules.wds import Batcher, ShardDataModule
+from grn.datamodules.wds import Batcher, ShardDataModule, source_urls
 
 __all__ = ["TextImageDataModule", "TextVideoDataModule", "caption_candidates", "image_caption", "video_caption"]
 
-# the jsonl fields the caption rules read
-CAPTION_FIELDS = {"image": ("long_caption", "text"),
-                  "video": ("tarsier2_caption", "MiniCPM_V_2_6_caption", "quality_prompt")}
+
+def image_caption(meta: dict[str, Any], rng: random.Random, short_caption_prob: float = 0.2,
+                  prompt_prefix: bool = False) -> str:
+    """The caption of an image line (:meth:`~grn.datamodules.captions.CaptionRules.image`)."""
+    return CaptionRules(short_caption_prob, prompt_prefix).image(meta, rng)
 
 
-def _text(meta: dict, key: str) -> str:
-    value = meta.get(key, "")
-    if not isinstance(value, str):
-        raise BadSample("wrong_type", f"{key} is a {type(value).__name__}, not a string")
-    return value.strip()
+def video_caption(meta: dict[str, Any], rng: random.Random, short_caption_prob: float = 0.0,
+                  prompt_prefix: bool = False) -> str:
+    """The caption of a video line (:meth:`~grn.datamodules.captions.CaptionRules.video`)."""
+    return CaptionRules(short_caption_prob, prompt_prefix).video(meta, rng)
 
 
-def image_caption(meta: dict[str, Any], rng: random.Random, short_caption_prob: float = 0.2) -> str:
-    long, short = _text(meta, "long_caption"), _text(meta, "text")
-    if short and (not long or rng.random() < short_caption_prob):
-        return short
-    if not long:
-        raise BadSample("missing_key", "neither long_caption nor text")
-    return long
+def caption_candidates(kind: str, meta: dict[str, Any], rules: CaptionRules | None = None) -> list[str]:
+    """Every caption ``rules`` (default: those of :func:`image_caption` / :func:`video_caption`) can give ``meta``
+    of ``kind``, without duplicates, in a fixed order. Raises ``BadSample`` where the rules find no caption."""
+    if rules is None:
+        rules = CaptionRules(0.2 if kind == "image" else 0.0)
+    return rules.candidates(kind, meta)
 
 
-def video_caption(meta: dict[str, Any], rng: random.Random) -> str:
-    caption = _text(meta, "tarsier2_caption")
-    if not caption:
-        raise BadSample("missing_key", "no tarsier2_caption")
-    alt = _text(meta, "MiniCPM_V_2_6_caption")
-    if alt and rng.random() < 0.5:
-        caption = alt
-    quality = _text(meta, "quality_prompt")
-    return f"{caption} {quality}" if quality else caption
-
-
-def caption_candidates(kind: str, meta: dict[str, Any]) -> list[str]:
-    """Every caption :func:`image_caption` (``kind="image"``) or :func:`video_caption` (``"video"``) can return
-    for ``meta``, without duplicates, in a fixed order. Raises ``BadSample`` where the rules find no caption."""
-    if kind == "image":
-        long, short = _text(meta, "long_caption"), _text(meta, "text")
-        found = [c for c in (long, short) if c]
-        if not found:
-            raise BadSample("missing_key", "neither long_caption nor text")
-    elif kind == "video":
-        quality = _text(meta, "quality_prompt")
-        main = _text(meta, "tarsier2_caption")
-        if not main:
-            raise BadSample("missing_key", "no tarsier2_caption")
-        found = [f"{c} {quality}" if quality else c for c in (main, _text(meta, "MiniCPM_V_2_6_caption")) if c]
-    else:
-        raise ValueError(f"kind must be 'image' or 'video', got {kind!r}")
-    return list(dict.fromkeys(found))
-
-
-def caption_fields(kind: str, meta: dict[str, Any]) -> str:
-    """The caption-relevant fields of a jsonl line as a JSON string (a batch keeps strings as lists)."""
-    return json.dumps({k: meta[k] for k in CAPTION_FIELDS[kind] if k in meta}, sort_keys=True)
+def _source_of(sample: dict[str, Any], quality_by_url: dict[str, str] | None, meta: dict[str, Any]) -> dict:
+    """``meta`` with the quality prompt of the sample's source, where one is set."""
+    if not quality_by_url:
+        return meta
+    return with_quality(meta, quality_by_url.get(sample.get("__url__")))
 
 
 class TextImageDecoder:
+    """Raw text–image sample → ``{"image": float32 [3, H, W] in [-1, 1], "caption", "key", "bucket"}``; the bucket
+    is the template ratio (with ``pn_choice``: ``(ratio, pn)``). ``quality_by_url`` is unused for images (the
+    official rules append no quality prompt to them)."""
+
     def __init__(self, pn: str | int, stride: int, short_caption_prob: float, templates: tuple[float, ...],
-                 with_fields: bool = False, limits: Limits = Limits()):
+                 with_fields: bool = False, limits: Limits = Limits(), *, prompt_prefix: bool = False,
+                 pn_choice: PnChoice | None = None, quality_by_url: dict[str, str] | None = None):
         self.pn, self.stride, self.short_caption_prob, self.templates = pn, stride, short_caption_prob, templates
         self.with_fields, self.limits = with_fields, limits
+        self.rules = CaptionRules(short_caption_prob, prompt_prefix)
+        self.pn_choice = pn_choice
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         meta = sample_meta(sample)
-        caption = image_caption(meta, rng, self.short_caption_prob)
+        caption = self.rules.image(meta, rng)
         image = decode_image(sample, self.limits)
         ratio = nearest_template(image.height / image.width, self.templates)
-        size = bucket_pixels(ratio, self.pn, self.stride)
+        pn = self.pn_choice.draw(rng, image.height, image.width) if self.pn_choice else self.pn
+        size = bucket_pixels(ratio, pn, self.stride)
         pixels = resize_cover_crop(to_tensor(np.asarray(image))[None], size)[0]  # [3, H, W]
-        out = {"image": pixels.clamp_(-1, 1), "caption": caption, "key": sample["__key__"], "bucket": ratio}
+        bucket = (ratio, pn) if self.pn_choice else ratio
+        out = {"image": pixels.clamp_(-1, 1), "caption": caption, "key": sample["__key__"], "bucket": bucket}
         if self.with_fields:
             out["caption_fields"] = caption_fields("image", meta)
         return out
@@ -125,13 +110,21 @@ def clip_frames(seconds: float, fps: float, max_frames: int, min_duration: float
 
 
 class TextVideoDecoder:
+    """Raw text–video sample → ``{"video": float32 [3, T, H, W] in [-1, 1], "caption", "key", "bucket"}``; the
+    bucket is the template ratio (per-clip durations: ``(ratio, T)``; with ``pn_choice``: ``(that, pn)``).
+    ``quality_by_url`` maps a source url to the quality prompt that replaces its lines' own one."""
+
     def __init__(self, pn: str | int, stride: int, num_frames: int, fps: float, templates: tuple[float, ...],
                  with_fields: bool = False, durations: str = "fixed", min_duration: float = 1.0,
-                 duration_resolution: float = 1.0, limits: Limits = Limits()):
+                 duration_resolution: float = 1.0, limits: Limits = Limits(), *, short_caption_prob: float = 0.0,
+                 prompt_prefix: bool = False, pn_choice: PnChoice | None = None,
+                 quality_by_url: dict[str, str] | None = None):
         self.pn, self.stride, self.templates, self.with_fields = pn, stride, templates, with_fields
         self.num_frames, self.fps = check_num_frames(num_frames), float(fps)
         self.durations, self.min_duration, self.duration_resolution = durations, min_duration, duration_resolution
         self.limits = limits
+        self.rules = CaptionRules(short_caption_prob, prompt_prefix)
+        self.pn_choice, self.quality_by_url = pn_choice, quality_by_url
 
     def _frames(self, sample: dict[str, Any], meta: dict[str, Any]) -> tuple[int, float]:
         """``(frames, frame rate)`` of this sample's clip. Per-clip durations round to whole seconds, which can be
@@ -151,21 +144,25 @@ class TextVideoDecoder:
         return frames, rate
 
     def __call__(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        meta = sample_meta(sample)
-        caption = video_caption(meta, rng)
+        meta = _source_of(sample, self.quality_by_url, sample_meta(sample))
+        caption = self.rules.video(meta, rng)
         if "height" in meta and "width" in meta:
-            h_div_w = meta_number(meta, "height", positive=True) / meta_number(meta, "width", positive=True)
+            height, width = meta_number(meta, "height", positive=True), meta_number(meta, "width", positive=True)
+            h_div_w = height / width
             if not 0 < h_div_w < float("inf"):
                 raise BadSample("bad_value", f"json height/width = {h_div_w}")
         else:
             info = probe_video(_mp4(sample), self.limits)
-            h_div_w = info["height"] / info["width"]
+            height, width = info["height"], info["width"]
+            h_div_w = height / width
         ratio = nearest_template(h_div_w, self.templates)
-        size = bucket_pixels(ratio, self.pn, self.stride)
+        pn = self.pn_choice.draw(rng, height, width) if self.pn_choice else self.pn
+        size = bucket_pixels(ratio, pn, self.stride)
         frames, rate = self._frames(sample, meta)
         video = clip_from_sample(sample, meta, frames, rate, size, rng, flip=False, limits=self.limits)
         # a batch holds one shape: the bucket is the aspect ratio and, with per-clip durations, the frame count
         bucket = ratio if self.durations == "fixed" else (ratio, frames)
+        bucket = (bucket, pn) if self.pn_choice else bucket
         out = {"video": video, "caption": caption, "key": sample["__key__"], "bucket": bucket}
         if self.with_fields:
             out["caption_fields"] = caption_fields("video", meta)
@@ -179,19 +176,59 @@ def _mp4(sample: dict[str, Any]) -> Any:
 
 
 class _BucketedDataModule(ShardDataModule):
-    def __init__(self, pn: str | int = "0.06M", stride: int = 16, templates: list[float] | None = None, **kwargs):
+    def __init__(self, pn: str | int = "0.06M", stride: int = 16, templates: list[float] | None = None,
+                 prompt_prefix: bool = False, pn_list: list[str | int] | None = None,
+                 pn_probs: list[float] | None = None, quality_prompts: str | list[str | None] | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.pn, self.stride = pn, int(stride)
         self.templates = tuple(templates) if templates else H_DIV_W_TEMPLATES
         self.with_fields = False  # set on single_pass views: batches also carry "caption_fields"
+        self.prompt_prefix = bool(prompt_prefix)
+        self.pn_choice = PnChoice(list(pn_list), pn_probs, self.stride) if pn_list else None
+        if isinstance(quality_prompts, str) or quality_prompts is None:
+            self.quality_prompts = quality_prompts or None
+        else:
+            self.quality_prompts = [q or None for q in quality_prompts]
+            if len(self.quality_prompts) != len(source_urls(self.train_shards)):
+                raise ValueError(f"{len(self.quality_prompts)} quality_prompts for "
+                                 f"{len(source_urls(self.train_shards))} sources of train_shards; give one per "
+                                 "source (null or '' keeps a source's own quality_prompt)")
 
     kind: str  # "image" | "video": which caption rules apply
+    short_caption_prob: float
+
+    @property
+    def caption_rules(self) -> CaptionRules:
+        return CaptionRules(self.short_caption_prob, self.prompt_prefix)
+
+    def quality_by_url(self, split: str) -> dict[str, str] | None:
+        """Source url → the quality prompt that replaces its lines' own one (official
+        ``meta_folder_identifiers``): one string for every source, or one per source of ``train_shards`` (and of
+        ``val_shards`` where it has as many sources)."""
+        if self.quality_prompts is None:
+            return None
+        shards = self.train_shards if split == "train" else self.val_shards
+        sources = source_urls(shards)
+        prompts = ([self.quality_prompts] * len(sources) if isinstance(self.quality_prompts, str)
+                   else self.quality_prompts)
+        if len(prompts) != len(sources):
+            return None
+        return {url: q for urls, q in zip(sources, prompts) if q for url in urls}
 
     def batcher(self, split: str) -> Batcher:
         return BucketBatcher(self.batch_size, drop_last=self.drop_last if split == "train" else False)
 
     def transform_spec(self) -> dict[str, Any]:
-        return {**super().transform_spec(), "pn": self.pn, "stride": self.stride, "templates": list(self.templates)}
+        spec = {**super().transform_spec(), "pn": self.pn, "stride": self.stride, "templates": list(self.templates)}
+        # only settings away from the old defaults enter the spec, so existing token caches keep their keys
+        if self.prompt_prefix:
+            spec["prompt_prefix"] = True
+        if self.pn_choice is not None:
+            spec.update(self.pn_choice.spec())
+        if self.quality_prompts is not None:
+            spec["quality_prompts"] = self.quality_prompts
+        return spec
 
     def single_pass(self, split: str = "train", batch_size: int | None = None) -> _BucketedDataModule:
         view = super().single_pass(split, batch_size)
@@ -206,7 +243,12 @@ class TextImageDataModule(_BucketedDataModule):
         pn: size preset (``"0.06M"`` = 256², ``"1M"`` = 1024², …) or a side in tokens.
         stride: pixels per token (16 for the official tokenizer).
         templates: h/w templates (default: the official 15).
-        short_caption_prob: chance of the short caption (official 0.2).
+        short_caption_prob: chance of the short caption, or of sentence dropping for an InternVL long caption
+            without one (official 0.2).
+        prompt_prefix: ``"<T2I>"`` in front of every caption (the FSA checkpoints were trained so; off for the
+            older ones).
+        pn_list, pn_probs: per-example size presets and their weights (official ``sample_pn``); ``pn`` when unset.
+        quality_prompts: unused for images (kept for one signature with video).
         **kwargs: pipeline settings of :class:`~grn.datamodules.wds.ShardDataModule`.
     """
 
@@ -218,7 +260,7 @@ class TextImageDataModule(_BucketedDataModule):
 
     def decoder(self, split: str) -> TextImageDecoder:
         return TextImageDecoder(self.pn, self.stride, self.short_caption_prob, self.templates, self.with_fields,
-                                self.limits)
+                                self.limits, prompt_prefix=self.prompt_prefix, pn_choice=self.pn_choice)
 
 
 class TextVideoDataModule(_BucketedDataModule):
@@ -231,15 +273,21 @@ class TextVideoDataModule(_BucketedDataModule):
             trained at its own duration, rounded to ``duration_resolution`` seconds, at least ``min_duration``
             — shorter videos are skipped and counted as ``too_short`` — giving ``int(d · fps + 1)`` frames up to
             ``num_frames``; batches then hold one aspect ratio *and* one frame count).
-        pn, stride, templates: as :class:`TextImageDataModule`.
+        short_caption_prob: chance of sentence dropping (official ``short_cap_prob`` with
+            ``enable_dynamic_length_prompt``; 0 in the released script).
+        pn, stride, templates, prompt_prefix (``"<T2V>"``, or ``"<I2V>"`` for lines with
+            ``first_frame_condition: true``), pn_list, pn_probs: as :class:`TextImageDataModule`.
+        quality_prompts: a quality prompt for every source, or one per source of ``train_shards`` (null or '':
+            the lines' own), replacing the lines' ``quality_prompt`` (official ``meta_folder_identifiers``).
         **kwargs: pipeline settings of :class:`~grn.datamodules.wds.ShardDataModule`.
     """
 
     kind = "video"
 
     def __init__(self, num_frames: int = 33, fps: float = 16.0, durations: str = "fixed", min_duration: float = 1.0,
-                 duration_resolution: float = 1.0, **kwargs) -> None:
+                 duration_resolution: float = 1.0, short_caption_prob: float = 0.0, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.short_caption_prob = float(short_caption_prob)
         self.num_frames, self.fps = check_num_frames(num_frames), float(fps)
         if durations not in ("fixed", "per_clip"):
             raise ValueError(f"durations must be 'fixed' or 'per_clip', got {durations!r}")
@@ -251,9 +299,13 @@ class TextVideoDataModule(_BucketedDataModule):
         if self.durations != "fixed":
             spec.update(durations=self.durations, min_duration=self.min_duration,
                         duration_resolution=self.duration_resolution)
+        if self.short_caption_prob:
+            spec["short_caption_prob"] = self.short_caption_prob
         return spec
 
     def decoder(self, split: str) -> TextVideoDecoder:
         return TextVideoDecoder(self.pn, self.stride, self.num_frames, self.fps, self.templates, self.with_fields,
-                                self.durations, self.min_duration, self.duration_resolution, self.limits)
+                                self.durations, self.min_duration, self.duration_resolution, self.limits,
+                                short_caption_prob=self.short_caption_prob, prompt_prefix=self.prompt_prefix,
+                                pn_choice=self.pn_choice, quality_by_url=self.quality_by_url(split))
 

@@ -38,7 +38,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from grn.datamodules.bad_samples import BadSample
 from grn.datamodules.buckets import BucketBatcher
-from grn.datamodules.text import caption_candidates, image_caption, video_caption
+from grn.datamodules.captions import CaptionRules
 from grn.datamodules.token_shards import (
     CacheShardDataModule,
     file_sha256,
@@ -150,6 +150,8 @@ def ensure_text_token_cache(
         "tokenizer_ckpt": os.path.abspath(tokenizer_ckpt), "tokenizer_sha256": out.name.split("-")[0],
         "settings": settings, "splits": {},
     }
+    rules: CaptionRules = getattr(source, "caption_rules", None) or CaptionRules(0.2 if kind == "image" else 0.0)
+    info["caption_rules"] = rules.spec()
     splits = ["train"] + (["val"] if source.val_shards is not None else [])
     for split in splits:
         view = source.single_pass(split, batch_size)
@@ -158,7 +160,7 @@ def ensure_text_token_cache(
                 batch = view.record(batch)
                 tokens = tokenizer.encode(batch[kind].to(device), target="index").cpu()  # [B, d, (T,) h, w]
                 fields = [json.loads(f) for f in batch["caption_fields"]]
-                candidates = [caption_candidates(kind, f) for f in fields]
+                candidates = [rules.candidates(kind, f) for f in fields]
                 unique = sorted({c for cs in candidates for c in cs})
                 feats = dict(zip(unique, encoder.encode_texts(unique), strict=True))
                 for i, key in enumerate(batch["key"]):
@@ -180,11 +182,16 @@ def ensure_text_token_cache(
 
 class TextTokenDecoder:
     """``tok`` + ``json`` + ``text.npy`` → ``{"tokens", "text" [L, D], "caption", "key", "bucket"}``; the caption
-    is drawn with the official rules from the cached candidates; the bucket is the token shape."""
+    is drawn with the official rules from the cached candidates; the bucket is the token shape. The rules are those
+    the cache was written with (``meta["caption_rules"]``), except that images take ``short_caption_prob``."""
 
     def __init__(self, kind: str, short_caption_prob: float, meta: dict[str, Any] | None = None) -> None:
         self.kind, self.short_caption_prob = kind, float(short_caption_prob)
         meta = meta or {}
+        stored = dict(meta.get("caption_rules") or {})
+        if kind == "image":
+            stored["short_caption_prob"] = self.short_caption_prob
+        self.rules = CaptionRules(**stored)
         self.hbq_rounds, self.latent_dim = meta.get("hbq_rounds"), meta.get("latent_dim")
         self.text_dim = meta.get("text_dim")
         self.dtype = np.dtype(_DTYPES[meta["text_dtype"]]) if meta.get("text_dtype") in _DTYPES else None
@@ -195,10 +202,7 @@ class TextTokenDecoder:
                 raise BadSample("missing_key", f"no {name} among {sorted(sample)}")
         tokens = unpack_tokens(sample["tok"], self.hbq_rounds, self.latent_dim)
         fields, captions, lens = _cached_captions(sample["json"])
-        if self.kind == "image":
-            caption = image_caption(fields, rng, self.short_caption_prob)
-        else:
-            caption = video_caption(fields, rng)
+        caption = self.rules.choose(self.kind, fields, rng)
         if caption not in captions:
             raise BadSample("wrong_type", f"caption {caption[:40]!r} is not among the cached ones")
         feats = _load_npy(sample["text.npy"], self.dtype)

@@ -124,7 +124,7 @@ def write_shards(samples: Iterable[dict[str, Any]], out_dir: str | os.PathLike, 
     return writer.shards
 
 
-def _read_only(path: str | os.PathLike) -> bytes:
+def read_only(path: str | os.PathLike) -> bytes:
     with open(path, "rb") as f:  # read-only; the source is never changed or removed
         return f.read()
 
@@ -151,22 +151,25 @@ def iter_image_folder(root: str | os.PathLike, *, shuffle: bool = True, seed: in
     def gen() -> Iterator[dict]:
         for i, (c, path) in enumerate(files):
             ext = path.suffix.lower().lstrip(".")
-            yield {"__key__": f"{i:09d}", "jpg" if ext == "jpeg" else ext: _read_only(path), "cls": c,
+            yield {"__key__": f"{i:09d}", "jpg" if ext == "jpeg" else ext: read_only(path), "cls": c,
                    "json": {"path": str(path.relative_to(root)), "class": classes[c]}}
 
     return classes, gen()
 
 
 def iter_jsonl_media(jsonl_paths: Iterable[str | os.PathLike], *, media_root: str | os.PathLike | None = None,
-                     stats: dict[str, int] | None = None) -> Iterator[dict]:
+                     stats: dict[str, int] | None = None, kind: str | None = None) -> Iterator[dict]:
     """The official T2I/T2V jsonl lines (facts §5.2) → samples with the media bytes and the line as ``json``.
 
     An ``image_path`` line gives ``{<ext>: bytes, "json": line}``; a ``video_path`` line gives
     ``{"mp4": bytes, "json": line}`` with the frame range kept in the json (the reader seeks into it). Relative
     paths resolve against ``media_root`` (default: the jsonl's folder). Unreadable lines and missing media are
     skipped and counted in ``stats`` (``bad_json``: not a JSON object, ``no_media_key``, ``bad_path``: a path
-    that is not a non-empty string, ``missing_media``).
+    that is not a non-empty string, ``missing_media``). ``kind`` (``"image"`` / ``"video"``) keeps only the lines
+    of that kind (the official toy files mix both); the others are counted as ``other_kind``.
     """
+    if kind not in (None, "image", "video"):
+        raise ValueError(f"kind must be 'image', 'video' or None, got {kind!r}")
     stats = stats if stats is not None else {}
     n = 0
     for jsonl in jsonl_paths:
@@ -188,6 +191,9 @@ def iter_jsonl_media(jsonl_paths: Iterable[str | os.PathLike], *, media_root: st
                 if field is None:
                     stats["no_media_key"] = stats.get("no_media_key", 0) + 1
                     continue
+                if kind is not None and field != f"{kind}_path":
+                    stats["other_kind"] = stats.get("other_kind", 0) + 1
+                    continue
                 if not isinstance(meta[field], str) or not meta[field]:
                     stats["bad_path"] = stats.get("bad_path", 0) + 1
                     log.warning("%s:%d: %s is %r, not a path; skipped", jsonl, line_no, field, meta[field])
@@ -195,7 +201,7 @@ def iter_jsonl_media(jsonl_paths: Iterable[str | os.PathLike], *, media_root: st
                 path = Path(meta[field])
                 path = path if path.is_absolute() else base / path
                 try:
-                    data = _read_only(path) if path.is_file() else None
+                    data = read_only(path) if path.is_file() else None
                 except (OSError, ValueError):  # unreadable, or a NUL byte in the path
                     data = None
                 if data is None:
