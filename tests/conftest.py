@@ -47,3 +47,20 @@ def compose_cfg(tmp_path, monkeypatch):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def digits_classifier_file(tmp_path_factory):
+    """A digits classifier trained once per test run (one epoch: the tests that use it check plumbing, not the
+    classifier), cached in the format of :func:`grn.metrics.digits.load_or_train_classifier`. Tests copy it where
+    their config expects the cache."""
+    import grn.metrics.digits as digits
+
+    path = tmp_path_factory.mktemp("digits_classifier") / "digits.pt"
+    train = digits.train_digits_classifier
+    digits.train_digits_classifier = lambda **kw: train(**{**kw, "epochs": 1})
+    try:
+        digits.load_or_train_classifier(path)
+    finally:
+        digits.train_digits_classifier = train
+    return path

@@ -1,5 +1,6 @@
 """Sample grids and the FID/IS proxy during generator training; reconstruction grids during tokenizer validation."""
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,13 +25,10 @@ SAMPLER = {"num_steps": 2, "cfg_scale": 1.0}
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    import grn.metrics.digits as digits
-
+def setup(tmp_path_factory, digits_classifier_file):
     folder = tmp_path_factory.mktemp("cb")
     _, tok = make_checkpoints(folder)
-    model, acc = digits.train_digits_classifier(epochs=1)
-    torch.save({"state_dict": model.state_dict(), "val_accuracy": acc, "config": {}}, folder / "digits.pt")
+    shutil.copyfile(digits_classifier_file, folder / "digits.pt")
     return folder, tok
 
 

@@ -3,6 +3,7 @@ JSON with every setting, the tokenizer task, and one-line errors. The world-size
 tested with the library, tests/metrics/test_protocol.py."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,18 +18,11 @@ FAST = ["eval.num_per_class=2", "eval.batch_size=8", "sampler.num_steps=2", "eva
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    """Tiny checkpoints and a shared digits classifier (1 epoch: the tests check plumbing, not the classifier)."""
-    import grn.metrics.digits as digits
-
+def ckpts(tmp_path_factory, digits_classifier_file):
+    """Tiny checkpoints and the run's shared digits classifier (1 epoch: the tests check plumbing)."""
     folder = tmp_path_factory.mktemp("ckpts")
     gen, tok = make_checkpoints(folder)
-    train = digits.train_digits_classifier
-    digits.train_digits_classifier = lambda **kw: train(**{**kw, "epochs": 1})
-    try:
-        digits.load_or_train_classifier(folder / "digits.pt")
-    finally:
-        digits.train_digits_classifier = train
+    shutil.copyfile(digits_classifier_file, folder / "digits.pt")
     shared = [f"eval.classifier_cache={folder}/digits.pt", f"eval.fid.reference_stats={folder}/ref.npz"]
     return gen, tok, shared
 

@@ -25,11 +25,9 @@ SAMPLER = ["sampler.num_steps=2", "sampler.cfg_scale=2.0", "sampler.temperature=
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, digits_classifier_file):
     """A run directory as train.py experiment=t2iv_digits leaves it (tiny untrained networks: the tests check the
     plumbing and the measurement, not what a model learned) and a digits classifier trained for one epoch."""
-    import grn.metrics.digits as digits
-
     root = tmp_path_factory.mktemp("t2iv_digits")
     cfg = OmegaConf.to_container(OmegaConf.load(f"{CONF_DIR}/model/tokenizer/tiny_joint.yaml"))
     torch.manual_seed(0)
@@ -46,12 +44,8 @@ def run_dir(tmp_path_factory):
         path = root / stage / "checkpoints" / "last.ckpt"
         path.parent.mkdir(parents=True)
         torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
-    train = digits.train_digits_classifier
-    digits.train_digits_classifier = lambda **kw: train(**{**kw, "epochs": 1})
-    try:
-        digits.load_or_train_classifier(root / "cache" / "digits_classifier.pt")
-    finally:
-        digits.train_digits_classifier = train
+    (root / "cache").mkdir()
+    shutil.copyfile(digits_classifier_file, root / "cache" / "digits_classifier.pt")
     return root
 
 

@@ -132,12 +132,8 @@ def test_to_uint8_is_the_png_round_trip(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def digits_weights(tmp_path_factory):
-    from grn.metrics.digits import load_or_train_classifier
-
-    path = tmp_path_factory.mktemp("cls") / "digits.pt"
-    load_or_train_classifier(path, epochs=1)
-    return path
+def digits_weights(digits_classifier_file):
+    return digits_classifier_file
 
 
 def test_digits_fid_equals_upstream_torch_fidelity(digits_weights):

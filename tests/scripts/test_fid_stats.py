@@ -2,6 +2,7 @@
 skipped and counted, and a missing Inception file is one clear line."""
 
 import io
+import shutil
 import tarfile
 
 import numpy as np
@@ -17,15 +18,13 @@ fid_stats = load_script("fid_stats")
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """40 real digits as PNG bytes + a tiny digits classifier (the stand-in extractor's weights)."""
-    import grn.metrics.digits as d
+def digits(tmp_path_factory, digits_classifier_file):
+    """40 real digits as PNG bytes + the run's tiny digits classifier (the stand-in extractor's weights)."""
     from grn.datamodules.builtin import load_digits_split
 
     folder = tmp_path_factory.mktemp("fidstats")
     weights = folder / "digits.pt"
-    model, acc = d.train_digits_classifier(epochs=1)
-    torch.save({"state_dict": model.state_dict(), "val_accuracy": acc, "config": {}}, weights)
+    shutil.copyfile(digits_classifier_file, weights)
     x, y = load_digits_split("val")
     pixels = to_uint8(x[:40])
     pngs = []
