@@ -9,6 +9,10 @@ predictions is kept. ``t_0 = 0`` (pure noise) and ``t_T = 1`` (the final sample)
 * ``cosine``: t_i = 1 - cos(pi/2 · shift(i / T)), the T2I/T2V shape with an SNR shift.
 * ``complexity_aware``: linear, with T chosen per sample from the prediction entropy after a warm-up
   (paper Eq. 9 as we read it, see :func:`complexity_steps`).
+* ``official_t2iv``: the released T2I/T2V sampler (official update §F3): the target after step i is
+  ``0.95 · (1 - cos(pi/2 · shift(min(1, (i + 1) / (T - 1)))))`` (:func:`official_t2iv_target`), so it never
+  reaches 1; the loop always runs T passes and the output is the last full prediction (t_T = 1 here marks that).
+  Pair it with ``pt_value=realised``, as the release does.
 * ``complexity_aware_official``: the released C2I sampler (official update §E): linear i / steps for the first
   ``wp`` steps, then per sample ``wp/steps + (1 - wp/steps) · (i - wp) / D`` with D post-warm-up steps chosen from
   the entropy at step ``wp`` (see :func:`official_complexity_steps`, :func:`official_keep_prob`).
@@ -22,7 +26,18 @@ import torch
 
 from grn.objective import shift_keep_prob
 
-SCHEDULES = ("linear", "cosine", "complexity_aware", "complexity_aware_official")
+SCHEDULES = ("linear", "cosine", "official_t2iv", "complexity_aware", "complexity_aware_official")
+OFFICIAL_T2IV_CEILING = 0.95  # the release's factor (0.999 in the old code, facts §4.5)
+
+
+def official_t2iv_target(step: int | torch.Tensor, total: torch.Tensor | float, snr_shift: float = 1.0) -> torch.Tensor:
+    """The released T2I/T2V keep-probability target after step ``step`` (0-based) of ``total`` (Tmax) steps:
+    ``0.95 · (1 - cos(pi/2 · shift(min(1, (step + 1) / (total - 1)), snr_shift)))`` -> float64, broadcast over
+    ``step`` / ``total``. Tmax = 50: 0.0005 after step 0, 0.95 from step 48 on."""
+    total = torch.as_tensor(total, dtype=torch.float64)
+    step = torch.as_tensor(step, dtype=torch.float64, device=total.device)
+    u = ((step + 1.0) / (total - 1.0).clamp_min(1.0)).clamp(max=1.0)
+    return OFFICIAL_T2IV_CEILING * (1.0 - torch.cos(math.pi / 2 * shift_keep_prob(u, snr_shift)))
 
 
 def keep_prob(step: int | torch.Tensor, total: torch.Tensor, schedule: str = "linear", snr_shift: float = 1.0) -> torch.Tensor:
@@ -31,7 +46,9 @@ def keep_prob(step: int | torch.Tensor, total: torch.Tensor, schedule: str = "li
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     total = torch.as_tensor(total, dtype=torch.float64)
     u = (torch.as_tensor(step, dtype=torch.float64, device=total.device) / total).clamp(0.0, 1.0)
-    if schedule == "cosine":
+    if schedule == "official_t2iv":  # the input of step i is the target after step i - 1; 1 at the end: ŷ itself
+        t = torch.where(u >= 1.0, torch.ones_like(u), official_t2iv_target(torch.as_tensor(step) - 1, total, snr_shift))
+    elif schedule == "cosine":
         t = 1.0 - torch.cos(math.pi / 2 * shift_keep_prob(u, snr_shift))
         t = torch.where(u >= 1.0, torch.ones_like(t), t)  # exactly 1 at the end despite rounding
     else:
