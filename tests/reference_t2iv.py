@@ -1,7 +1,9 @@
 """Plain restatements of the official T2I/T2V forward, written from the facts (grn_facts.md §1.4, §4.1-4.3 and
 official_update.md §A3, §B6, §B10, §C1-C2), for parity tests of :class:`grn.models.t2iv.T2IVNet`.
 
-Everything here is deliberately naive: one-hot inputs, RoPE tables read like the official ones, materialised
+The functions run in the dtype of the state dict: give float64 weights and inputs for a reference that is exact
+to well below float32 rounding (the RoPE angles stay float32, as the official tables). Everything here is
+deliberately naive: one-hot inputs, RoPE tables read like the official ones, materialised
 attention scores, ``repeat_kv`` for grouped-query attention, Python loops over samples. Weights come as an
 official-layout state dict (``block_chunks.{c}.module.{j}.…``).
 
@@ -52,7 +54,7 @@ def ref_angles_text(tabs, positions):
 
 def ref_rotate(x, ang):  # official apply_rotary_emb: pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)
     x = x.reshape(*x.shape[:-1], -1, 2)
-    c, s = ang.cos(), ang.sin()
+    c, s = ang.cos().to(x.dtype), ang.sin().to(x.dtype)  # angles as the official fp32 tables give them
     return torch.stack([x[..., 0] * c - x[..., 1] * s, x[..., 1] * c + x[..., 0] * s], dim=-1).flatten(-2)
 
 
@@ -63,13 +65,14 @@ def ref_rms(x, w, eps=1e-6):
 def ref_visual_tokens(sd, lab, levels):
     """``lab`` ``[C, t, h, w]`` -> ``[t·h·w, D]``: the channel-major one-hot times ``word_embed`` (facts §1.4)."""
     c = lab.shape[0]
-    one_hot = F.one_hot(lab.permute(1, 2, 3, 0).reshape(-1, c), levels).reshape(-1, c * levels).float()
+    one_hot = F.one_hot(lab.permute(1, 2, 3, 0).reshape(-1, c), levels).reshape(-1, c * levels)
+    one_hot = one_hot.to(sd["word_embed.weight"].dtype)
     return one_hot @ sd["word_embed.weight"].t() + sd["word_embed.bias"]
 
 
 def ref_pt_token(sd, kp):
     """The pt token ``[1, D]``: raw pt -> [cos, sin] over 128 frequencies (max period 1e4) -> MLP with SiLU."""
-    freq = torch.exp(-math.log(10000) * torch.arange(128).float() / 128) * kp
+    freq = torch.exp(-math.log(10000) * torch.arange(128, dtype=sd["pt_embedder.mlp.0.weight"].dtype) / 128) * kp
     emb = torch.cat([freq.cos(), freq.sin()])[None]
     return F.linear(F.silu(F.linear(emb, sd["pt_embedder.mlp.0.weight"], sd["pt_embedder.mlp.0.bias"])),
                     sd["pt_embedder.mlp.2.weight"], sd["pt_embedder.mlp.2.bias"])
