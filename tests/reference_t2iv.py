@@ -22,6 +22,27 @@ import torch.nn.functional as F
 from grn.models.rope3d import nearest_template, normalised_extent
 
 
+def official_shapes(d, ffn, chunks, per_chunk, kv_dim=None, hd=128):
+    """An official GRN_bit (d = 64, M = 4) state dict's names and shapes, written out from the facts (GRN2b:
+    grn_facts §4.1 / §4.7; GRN8b: official_update §A3): ``d`` width, ``ffn`` MLP width, ``chunks × per_chunk``
+    blocks, ``kv_dim`` the k/v projection height (default d; 1024 for the 8-KV-head 8B)."""
+    kv_dim = d if kv_dim is None else kv_dim
+    shapes = {"text_proj.weight": (d, 4096), "text_proj.bias": (d,), "word_embed.weight": (d, 512),
+              "word_embed.bias": (d,), "head.proj.weight": (512, d), "head.proj.bias": (512,),
+              "head.norm.weight": (d,), "pt_embedder.mlp.0.weight": (d, 256), "pt_embedder.mlp.0.bias": (d,),
+              "pt_embedder.mlp.2.weight": (d, d), "pt_embedder.mlp.2.bias": (d,)}
+    for c in range(chunks):
+        for j in range(per_chunk):
+            p = f"block_chunks.{c}.module.{j}."
+            shapes.update({p + "attn.q_proj.weight": (d, d), p + "attn.o_proj.weight": (d, d),
+                           p + "attn.k_proj.weight": (kv_dim, d), p + "attn.v_proj.weight": (kv_dim, d),
+                           p + "attn.q_norm.weight": (hd,), p + "attn.k_norm.weight": (hd,),
+                           p + "mlp.gate_proj.weight": (ffn, d), p + "mlp.up_proj.weight": (ffn, d),
+                           p + "mlp.down_proj.weight": (d, ffn), p + "input_layernorm.weight": (d,),
+                           p + "post_attention_layernorm.weight": (d,)})
+    return shapes
+
+
 def ref_rope_tables(head_dim, frames_max=8, hw_max=225):
     pairs = head_dim // 2
     n = pairs // 3

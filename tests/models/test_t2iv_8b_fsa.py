@@ -18,7 +18,7 @@ from grn.checkpoints.official_t2iv import (
 from grn.models.packing import FSA, PAD, TEXT, SampleSpec, packed_layout
 from grn.models.t2iv import SelfAttention, VarlenAttention, build_t2iv
 
-from reference_t2iv import reference_forward_fsa
+from reference_t2iv import official_shapes, reference_forward_fsa
 
 # official update §A2: totals and parts, GRN_bit, d = 64, text 4096
 SIZES = {"grn2b": (2_197_832_448, 77_861_632, 319), "grn8b": (7_890_859_520, 218_112_256, 407),
@@ -29,25 +29,6 @@ PARTS_8B = {"text_proj": 16_781_312, "word_embed": 2_101_248, "head": 2_101_760,
 def meta_net(size, **kw):
     with torch.device("meta"):
         return build_t2iv(size, latent_dim=64, hbq_rounds=4, text_dim=4096, **kw)
-
-
-def official_8b_shapes(kv_dim=4096, ffn=12288):
-    """The registered GRN8b's state dict names and shapes, written out from official update §A3."""
-    d, hd = 4096, 128
-    shapes = {"text_proj.weight": (d, 4096), "text_proj.bias": (d,), "word_embed.weight": (d, 512),
-              "word_embed.bias": (d,), "head.proj.weight": (512, d), "head.proj.bias": (512,),
-              "head.norm.weight": (d,), "pt_embedder.mlp.0.weight": (d, 256), "pt_embedder.mlp.0.bias": (d,),
-              "pt_embedder.mlp.2.weight": (d, d), "pt_embedder.mlp.2.bias": (d,)}
-    for c in range(6):
-        for j in range(6):
-            p = f"block_chunks.{c}.module.{j}."
-            shapes.update({p + "attn.q_proj.weight": (d, d), p + "attn.o_proj.weight": (d, d),
-                           p + "attn.k_proj.weight": (kv_dim, d), p + "attn.v_proj.weight": (kv_dim, d),
-                           p + "attn.q_norm.weight": (hd,), p + "attn.k_norm.weight": (hd,),
-                           p + "mlp.gate_proj.weight": (ffn, d), p + "mlp.up_proj.weight": (ffn, d),
-                           p + "mlp.down_proj.weight": (d, ffn), p + "input_layernorm.weight": (d,),
-                           p + "post_attention_layernorm.weight": (d,)})
-    return shapes
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -64,7 +45,7 @@ def test_parameter_counts_and_official_key_count(size):
 
 @pytest.mark.parametrize("size, kv_dim, ffn", [("grn8b", 4096, 12288), ("grn8b_gqa", 1024, 16384)])
 def test_8b_keys_and_shapes_equal_the_official_ones_and_load_strictly(size, kv_dim, ffn):
-    shapes = official_8b_shapes(kv_dim, ffn)
+    shapes = official_shapes(4096, ffn, chunks=6, per_chunk=6, kv_dim=kv_dim)  # official update §A3
     assert len(shapes) == 407
     ours = {k: tuple(v.shape) for k, v in to_official_keys(meta_net(size).state_dict(), 6).items()}
     assert ours == shapes

@@ -15,26 +15,13 @@ from grn.checkpoints.official_t2iv import (
 from grn.models.packing import SampleSpec, packed_layout
 from grn.models.t2iv import build_t2iv
 
-from reference_t2iv import reference_forward_old
+from reference_t2iv import official_shapes, reference_forward_old
 from script_loader import load_script
 
 
 def official_grn2b_shapes():
-    """The released GRN2b state dict's names and shapes, written out from facts §4.1 / §4.7."""
-    d, f, hd = 2304, 8192, 128
-    shapes = {"text_proj.weight": (d, 4096), "text_proj.bias": (d,), "word_embed.weight": (d, 512),
-              "word_embed.bias": (d,), "head.proj.weight": (512, d), "head.proj.bias": (512,),
-              "head.norm.weight": (d,), "pt_embedder.mlp.0.weight": (d, 256), "pt_embedder.mlp.0.bias": (d,),
-              "pt_embedder.mlp.2.weight": (d, d), "pt_embedder.mlp.2.bias": (d,)}
-    for c in range(7):
-        for j in range(4):
-            p = f"block_chunks.{c}.module.{j}."
-            shapes.update({p + f"attn.{n}_proj.weight": (d, d) for n in "qkvo"})
-            shapes.update({p + "attn.q_norm.weight": (hd,), p + "attn.k_norm.weight": (hd,),
-                           p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d),
-                           p + "mlp.down_proj.weight": (d, f), p + "input_layernorm.weight": (d,),
-                           p + "post_attention_layernorm.weight": (d,)})
-    return shapes
+    """The released GRN2b state dict's names and shapes (facts §4.1 / §4.7): 7 chunks of 4 blocks."""
+    return official_shapes(2304, 8192, chunks=7, per_chunk=4)
 
 
 def test_synthetic_official_grn2b_state_dict_loads_strictly():
