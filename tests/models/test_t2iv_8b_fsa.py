@@ -235,3 +235,21 @@ def test_trainer_envelope_loads_the_ema_and_fsa_files_reload_with_their_pattern(
     assert torch.equal(again.state_dict()[key], net.state_dict()[key])
     with pytest.raises(ValueError, match="gpt_fsdp"):
         load_official_t2iv({"trainer": {"gpt_ema": live}})
+
+
+def test_flex_backend_matches_sdpa_under_fsa():
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    import warnings
+
+    sd = random_official_state(2, seed=4)
+    sdpa = load_official_t2iv(sd, hbq_rounds=2, attention="fsa")
+    flex = load_official_t2iv(sd, hbq_rounds=2, attention="fsa", attn_backend="flex")
+    specs = [SampleSpec(1, 2, 3, 3), SampleSpec(2, 2, 2, 2)]
+    layout = packed_layout(specs, rows=[[0, 1]], row_length=40)
+    labels = torch.randint(0, 2, (14, sdpa.label_channels))
+    text, kp = torch.randn(5, TEXT_DIM), torch.tensor([0.4, 0.7])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager flex attention on CPU warns that it is not compiled
+        a = sdpa.forward_layout(layout, labels, kp, text)
+        b = flex.forward_layout(layout, labels, kp, text)
+    assert_parity(b, a)
