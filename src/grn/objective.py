@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["mix_with_noise", "sample_keep_prob", "shift_keep_prob"]
+__all__ = ["mix_with_noise", "mix_with_noise_and_mask", "realised_keep_prob", "sample_keep_prob", "shift_keep_prob"]
 
 
 def shift_keep_prob(keep_prob: torch.Tensor, shift: float) -> torch.Tensor:
@@ -37,15 +37,29 @@ def sample_keep_prob(batch: int, mean: float, std: float, device: torch.device |
     return t if shift is None else shift_keep_prob(t, shift)
 
 
-def mix_with_noise(labels: torch.Tensor, keep_prob: torch.Tensor, num_levels: int,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def mix_with_noise_and_mask(labels: torch.Tensor, keep_prob: torch.Tensor, num_levels: int,
+                            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each label stays with probability ``keep_prob[b]``, else becomes a fresh uniform label in ``[0, num_levels)``.
 
-    labels ``[B, C, (T,) h, w]`` int64, keep_prob ``[B]`` -> ``[B, C, (T,) h, w]`` int64. The noise is drawn before
-    the keep mask, in this order, so a seeded generator replays a training step exactly.
+    labels ``[B, C, (T,) h, w]`` int64, keep_prob ``[B]`` -> ``(mixed int64, keep bool)``, both the labels'
+    shape. The noise is drawn before the keep mask, in this order, so a seeded generator replays a training step
+    exactly.
     """
     shape = labels.shape
     kp = keep_prob.view(-1, *([1] * (labels.dim() - 1)))
     noise = torch.randint(0, num_levels, shape, device=labels.device, generator=generator)
     keep = torch.rand(shape, device=labels.device, generator=generator) < kp
-    return torch.where(keep, labels, noise)
+    return torch.where(keep, labels, noise), keep
+
+
+def mix_with_noise(labels: torch.Tensor, keep_prob: torch.Tensor, num_levels: int,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`mix_with_noise_and_mask`'s mixed labels only (the same draws)."""
+    return mix_with_noise_and_mask(labels, keep_prob, num_levels, generator)[0]
+
+
+def realised_keep_prob(keep: torch.Tensor) -> torch.Tensor:
+    """The share of kept labels of each sample: keep mask ``[B, ...]`` -> float32 ``[B]`` (the released T2I/T2V
+    trainer's pt value, ``mask.float().mean()`` per sample, official update §C3), where the nominal value is the
+    probability the mask was drawn with."""
+    return keep.flatten(1).float().mean(1)

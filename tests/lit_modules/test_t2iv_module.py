@@ -115,3 +115,28 @@ def test_bf16_sampling_from_captions():
     assert seen == {"attn": {torch.bfloat16}, "head": {torch.float32}}
     assert res.labels.shape == (2, 2, 4, 4) and res.labels.min() >= 0 and res.labels.max() < 4
     assert torch.equal(res.labels, again.labels)
+
+
+def test_training_tells_the_network_the_realised_share():
+    """pt_value=realised (official update §C3): the pt token gets each sample's share of kept labels, from the
+    same draws as the nominal run."""
+    tokens = torch.randint(0, 4, (3, 2, 4, 4), generator=torch.Generator().manual_seed(0))
+    batch = {"tokens": tokens, "caption": ["a", "b", "c"]}
+    seen = {}
+    for pt_value in ("nominal", "realised"):
+        m = module(caption_drop_prob=0.0, pt_value=pt_value)
+        forward = m.net.forward
+        m.net.forward = lambda z, t, *a, _f=forward, _k=pt_value: seen.setdefault(_k, (z, t)) and _f(z, t, *a)
+        m.objective(batch, generator=torch.Generator().manual_seed(5))
+    (z_n, t_n), (z_r, t_r) = seen["nominal"], seen["realised"]
+    assert torch.equal(z_n, z_r)  # the same draws; only the pt value differs
+    x = T2IVLitModule.target_labels(m, tokens)
+    g = torch.Generator().manual_seed(5)
+    t = m.sample_keep_prob(3, g)
+    torch.randint(0, 2, x.shape, generator=g)  # the noise, drawn before the mask (grn.objective)
+    keep = torch.rand(x.shape, generator=g) < t.view(-1, 1, 1, 1)
+    torch.testing.assert_close(t_n, t)
+    torch.testing.assert_close(t_r, keep.flatten(1).float().mean(1))
+    assert not torch.allclose(t_r, t_n)
+    with pytest.raises(ValueError, match="pt_value"):
+        module(pt_value="exact")

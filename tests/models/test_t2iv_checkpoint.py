@@ -2,11 +2,8 @@
 official forward (one-hot input, the official sequence order and segment mask, naive attention, RoPE tables read
 like the official ones) gives our logits within 1e-5 with random weights in the official layout."""
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 from grn.checkpoints.official_t2iv import (
     from_official_keys,
@@ -16,28 +13,15 @@ from grn.checkpoints.official_t2iv import (
     to_official_keys,
 )
 from grn.models.packing import SampleSpec, packed_layout
-from grn.models.rope3d import normalised_extent, nearest_template
 from grn.models.t2iv import build_t2iv
 
+from reference_t2iv import official_shapes, reference_forward_old
 from script_loader import load_script
 
 
 def official_grn2b_shapes():
-    """The released GRN2b state dict's names and shapes, written out from facts §4.1 / §4.7."""
-    d, f, hd = 2304, 8192, 128
-    shapes = {"text_proj.weight": (d, 4096), "text_proj.bias": (d,), "word_embed.weight": (d, 512),
-              "word_embed.bias": (d,), "head.proj.weight": (512, d), "head.proj.bias": (512,),
-              "head.norm.weight": (d,), "pt_embedder.mlp.0.weight": (d, 256), "pt_embedder.mlp.0.bias": (d,),
-              "pt_embedder.mlp.2.weight": (d, d), "pt_embedder.mlp.2.bias": (d,)}
-    for c in range(7):
-        for j in range(4):
-            p = f"block_chunks.{c}.module.{j}."
-            shapes.update({p + f"attn.{n}_proj.weight": (d, d) for n in "qkvo"})
-            shapes.update({p + "attn.q_norm.weight": (hd,), p + "attn.k_norm.weight": (hd,),
-                           p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d),
-                           p + "mlp.down_proj.weight": (d, f), p + "input_layernorm.weight": (d,),
-                           p + "post_attention_layernorm.weight": (d,)})
-    return shapes
+    """The released GRN2b state dict's names and shapes (facts §4.1 / §4.7): 7 chunks of 4 blocks."""
+    return official_shapes(2304, 8192, chunks=7, per_chunk=4)
 
 
 def test_synthetic_official_grn2b_state_dict_loads_strictly():
@@ -71,98 +55,6 @@ def random_official_state(seed=0):
     return to_official_keys(state, block_chunks=2)
 
 
-# ---------------------------------------------------------------------------------------- the reference forward
-def ref_rope_tables(head_dim, frames_max=8, hw_max=225):
-    pairs = head_dim // 2
-    n = pairs // 3
-    inv_f = 1.0 / (10000.0 ** (torch.arange(n).float() / n))
-    inv_l = 1.0 / (10000.0 ** (torch.arange(pairs - 2 * n).float() / (pairs - 2 * n)))
-    fr = torch.outer(torch.arange(600 + frames_max).float(), inv_f)
-    hh = torch.outer(torch.arange(hw_max).float(), inv_f)
-    ww = torch.outer(torch.arange(hw_max).float(), inv_l)
-    return fr, hh, ww
-
-
-def ref_angles_visual(tabs, t, ph, pw):
-    fr, hh, ww = tabs
-    uph, upw = normalised_extent(nearest_template(ph / pw))
-    hi = (torch.arange(ph) * (uph / ph)).round().int()
-    wi = (torch.arange(pw) * (upw / pw)).round().int()
-    a = torch.cat([fr[600 : 600 + t, None, None].expand(t, ph, pw, -1), hh[hi][None, :, None].expand(t, ph, pw, -1),
-                   ww[wi][None, None, :].expand(t, ph, pw, -1)], dim=-1)
-    return a.reshape(t * ph * pw, -1)
-
-
-def ref_angles_text(tabs, positions):
-    fr, hh, ww = tabs
-    n = len(positions)
-    return torch.cat([fr[positions], hh[:1].expand(n, -1), ww[:1].expand(n, -1)], dim=-1)
-
-
-def ref_rotate(x, ang):  # official apply_rotary_emb: pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)
-    x = x.reshape(*x.shape[:-1], -1, 2)
-    c, s = ang.cos(), ang.sin()
-    return torch.stack([x[..., 0] * c - x[..., 1] * s, x[..., 1] * c + x[..., 0] * s], dim=-1).flatten(-2)
-
-
-def ref_rms(x, w, eps=1e-6):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
-
-
-def reference_forward(sd, samples, texts, kps, levels=2, heads=2, pad=5):
-    """Official training-style packed forward: [vis1, pt1, vis2, pt2, ..., text1, text2, ..., pad]."""
-    blocks = sorted({k.split(".attn")[0] for k in sd if ".attn.q_proj" in k})
-    dim = sd["word_embed.weight"].shape[0]
-    hd = dim // heads
-    tabs = ref_rope_tables(hd)
-    xs, angs, seg, vis_slices = [], [], [], []
-    pos = 0
-    for i, lab in enumerate(samples):  # lab [C, t, h, w]
-        c, t, h, w = lab.shape
-        one_hot = F.one_hot(lab.permute(1, 2, 3, 0).reshape(-1, c), levels).reshape(-1, c * levels).float()
-        xs.append(one_hot @ sd["word_embed.weight"].t() + sd["word_embed.bias"])
-        freq = torch.exp(-math.log(10000) * torch.arange(128).float() / 128) * kps[i]
-        emb = torch.cat([freq.cos(), freq.sin()])[None]
-        pt = F.linear(F.silu(F.linear(emb, sd["pt_embedder.mlp.0.weight"], sd["pt_embedder.mlp.0.bias"])),
-                      sd["pt_embedder.mlp.2.weight"], sd["pt_embedder.mlp.2.bias"])
-        xs.append(pt)
-        angs += [ref_angles_visual(tabs, t, h, w), ref_angles_text(tabs, [512])]
-        seg += [i] * (t * h * w + 1)
-        vis_slices.append(slice(pos, pos + t * h * w))
-        pos += t * h * w + 1
-    for j, txt in enumerate(texts):
-        xs.append(txt @ sd["text_proj.weight"].t() + sd["text_proj.bias"])
-        angs.append(ref_angles_text(tabs, list(range(len(txt)))))
-        seg += [len(samples) + j] * len(txt)
-    xs.append(torch.zeros(pad, dim))
-    angs.append(torch.zeros(pad, hd // 2))
-    seg += [-1] * pad
-    x, ang, seg = torch.cat(xs), torch.cat(angs), torch.tensor(seg)
-    # segment table: every segment sees itself; visual segment i also sees text segment n + i; padding nothing
-    n = len(samples)
-    table = torch.zeros(2 * n, 2 * n, dtype=torch.bool)
-    table[range(2 * n), range(2 * n)] = True
-    table[range(n), range(n, 2 * n)] = True
-    allowed = (seg[:, None] >= 0) & (seg[None] >= 0)
-    allowed &= table[seg.clamp_min(0)][:, seg.clamp_min(0)]
-    for b in blocks:
-        p = lambda name: sd[f"{b}.{name}"]  # noqa: E731
-        hn = ref_rms(x, p("input_layernorm.weight"))
-        q = ref_rms((hn @ p("attn.q_proj.weight").t()).view(-1, heads, hd), p("attn.q_norm.weight"))
-        k = ref_rms((hn @ p("attn.k_proj.weight").t()).view(-1, heads, hd), p("attn.k_norm.weight"))
-        v = (hn @ p("attn.v_proj.weight").t()).view(-1, heads, hd)
-        q, k = ref_rotate(q, ang[:, None]), ref_rotate(k, ang[:, None])
-        scores = torch.einsum("qhc,khc->hqk", q, k) * hd**-0.5
-        scores = scores.masked_fill(~allowed[None], float("-inf"))
-        attn = torch.nan_to_num(scores.softmax(-1))  # padding rows are all -inf: zero output
-        x = x + torch.einsum("hqk,khc->qhc", attn, v).reshape(-1, dim) @ p("attn.o_proj.weight").t()
-        hn = ref_rms(x, p("post_attention_layernorm.weight"))
-        x = x + (F.silu(hn @ p("mlp.gate_proj.weight").t()) * (hn @ p("mlp.up_proj.weight").t())) @ \
-            p("mlp.down_proj.weight").t()
-    logits = ref_rms(x, sd["head.norm.weight"]) @ sd["head.proj.weight"].t() + sd["head.proj.bias"]
-    return torch.cat([logits[s] for s in vis_slices]).view(-1, logits.shape[1] // levels, levels)
-
-
 def test_forward_matches_the_official_formulation():
     sd = random_official_state()
     net = load_official_t2iv(sd, hbq_rounds=2)
@@ -172,7 +64,7 @@ def test_forward_matches_the_official_formulation():
     texts = [torch.randn(s.text_len, 16) for s in specs]
     kps = torch.tensor([0.25, 0.9])
     with torch.no_grad():
-        ref = reference_forward(sd, samples, texts, kps)
+        ref = reference_forward_old(sd, samples, texts, kps)
         layout = packed_layout(specs, rows=[[0, 1]], row_length=60)
         labels = torch.cat([s.permute(1, 2, 3, 0).reshape(-1, net.label_channels) for s in samples])
         ours = net.forward_layout(layout, labels, kps, torch.cat(texts))

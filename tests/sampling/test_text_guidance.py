@@ -38,6 +38,7 @@ class Spy(torch.nn.Module):
         super().__init__()
         self.net, self.calls, self.text_passes = net, [], 0
         self.num_levels = net.num_levels
+        self.caption_kv_static = net.caption_kv_static  # the sampler asks whether the text cache is valid
 
     def text_cache(self, text, lens):
         self.text_passes += 1

@@ -71,6 +71,7 @@ def check_sampler(sampler: Mapping | None, prefix: str = "sampler") -> None:
     from grn.precision import PRECISIONS
     from grn.sampling.config import BIT_TARGETS, SAMPLER_DEFAULTS, unknown_keys
     from grn.sampling.guidance import GUIDANCE_TYPES, check_interval
+    from grn.sampling.refine import PT_VALUES
     from grn.sampling.schedules import SCHEDULES
     from grn.sampling.selection import SELECTIONS
 
@@ -94,7 +95,7 @@ def check_sampler(sampler: Mapping | None, prefix: str = "sampler") -> None:
         if name in s:
             number(key(name), s[name], **bounds)
     for name, choices in (("schedule", SCHEDULES), ("cfg_type", GUIDANCE_TYPES), ("selection", SELECTIONS),
-                          ("bit_target", BIT_TARGETS), ("precision", PRECISIONS)):
+                          ("bit_target", BIT_TARGETS), ("precision", PRECISIONS), ("pt_value", PT_VALUES)):
         if name in s:
             choice(key(name), s[name], choices)
     for name in ("revise", "compile"):

@@ -27,9 +27,9 @@ from grn.lit_modules.optim import adamw
 from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
-from grn.objective import mix_with_noise, sample_keep_prob
+from grn.objective import mix_with_noise_and_mask, realised_keep_prob, sample_keep_prob
 from grn.sampling.config import SamplerConfig
-from grn.sampling.refine import RefineResult
+from grn.sampling.refine import PT_VALUES, RefineResult
 from grn.sampling.text import pad_texts, sample_t2iv
 
 
@@ -44,6 +44,9 @@ class T2IVLitModule(RefinementLitModule):
         caption_drop_prob: share of captions replaced by ``""`` (the unconditional branch for guidance).
         keep_prob_shift: the shift of :func:`grn.objective.shift_keep_prob` (4 as the released models).
         keep_prob_std: > 0: t = sigmoid(N(keep_prob_mean, std²)) before the shift; <= 0: t ~ U(0, 1) (official).
+        pt_value: the pt token's value: ``nominal`` (the drawn t, the old release) or ``realised`` (the share of
+            the sample's labels the mask actually kept, the new release's ``precise_spt``, official update §C3;
+            sample with ``sampler.pt_value=realised`` then).
         lr, grad_clip: learning rate and max gradient norm (official CLI: 2e-5, 2.0).
         optimizer: ``_partial_`` optimiser config (official CLI: AdamW (0.9, 0.999), weight decay 0.005); 1-D
             parameters and biases get no weight decay.
@@ -68,8 +71,11 @@ class T2IVLitModule(RefinementLitModule):
         ema_decays: Sequence[float] = (0.9999,),
         ema_warmup: bool = False,
         sampler: dict | None = None,
+        pt_value: str = "nominal",
     ):
         super().__init__()
+        if pt_value not in PT_VALUES:
+            raise ValueError(f"pt_value={pt_value!r} is invalid: choose one of {' | '.join(PT_VALUES)}")
         # plain containers in the checkpoint's hyper_parameters (save_hyperparameters reads these locals)
         optimizer = optimizer if optimizer is not None else adamw(betas=(0.9, 0.999), weight_decay=0.005)
         net, text_encoder, sampler, optimizer, lr_scheduler, ema_decays, tokenizer_ckpt = plain_hparams(
@@ -153,8 +159,9 @@ class T2IVLitModule(RefinementLitModule):
             if drop and self.hparams.caption_drop_prob > 0:
                 dropped = torch.rand(b, device=x.device, generator=generator) < self.hparams.caption_drop_prob
             text, lens = self._text(part, dropped)
-            z = mix_with_noise(x, t, self.num_levels, generator)
-            logits = self.net(z, t, text, lens)
+            z, keep = mix_with_noise_and_mask(x, t, self.num_levels, generator)
+            pt = realised_keep_prob(keep) if self.hparams.pt_value == "realised" else t
+            logits = self.net(z, pt, text, lens)
             ce = F.cross_entropy(logits.float(), x, reduction="none").flatten(1).mean(1)  # [B]
             per_sample.append(ce)
             per_kind[kind] = ce

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@cache
+def flash_varlen():
+    """flash-attn's ``flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)`` if
+    the package is installed and CUDA is present, else None. Imported here, on first use, so that nothing needs
+    flash-attn on a CPU (the callers fall back to SDPA)."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except Exception:  # noqa: BLE001 - not installed, or built for another torch/CUDA: use SDPA instead
+        return None
+    return flash_attn_varlen_func
 
 
 class RMSNorm(nn.Module):

@@ -2,9 +2,17 @@
 
 A layout has B rows of L slots. Each row holds one or more samples; a sample is a contiguous segment
 ``[visual tokens (T·h·w, (t, h, w) row-major) | pt token | its caption's text tokens]``; unused slots are padding.
-Attention (facts §4.3): visual and pt tokens attend to every token of their own sample (their own visual tokens,
-pt token and caption); text tokens attend only to their own caption; nothing attends to another sample or to
-padding. A padding slot attends only to itself, so no softmax row is empty (its output is never read).
+Attention, two patterns (the network's ``attention`` setting):
+
+* ``text_only`` (facts §4.3, the old releases): visual and pt tokens attend to every token of their own sample
+  (their own visual tokens, pt token and caption); text tokens attend only to their own caption;
+* ``fsa`` (official update §C2, the ``…_FSA_…`` releases): every token attends to every token of its own sample,
+  text included (full bidirectional attention, block-diagonal over the samples).
+
+In both, nothing attends to another sample or to padding. A padding slot attends only to itself, so no softmax row
+is empty (its output is never read). The official FSA sequence orders a sample ``[visual | text | pt]``; ours is
+``[visual | pt | text]``: with explicit RoPE positions and a mask that does not depend on order, attention is
+permutation-equivariant, so the logits are the same.
 
 * :func:`batched_layout` — one sample per row, all with the same latent shape (inference, and guidance where the
   conditional and unconditional branches are just more rows). Built with tensor ops, no loop over samples.
@@ -23,6 +31,8 @@ import torch
 from grn.models.rope3d import pt_position, text_positions, visual_positions
 
 VISUAL, PT, TEXT, PAD = 0, 1, 2, 3
+TEXT_ONLY, FSA = "text_only", "fsa"
+ATTENTION_PATTERNS = (TEXT_ONLY, FSA)
 
 
 @dataclass(frozen=True)
@@ -76,16 +86,30 @@ class Layout:
     def to(self, device: torch.device | str) -> "Layout":
         return Layout(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
-    def attention_mask(self) -> torch.Tensor:
-        """bool ``[B, 1, L, L]``, True where query slot q may attend to key slot k (for SDPA)."""
+    def attention_mask(self, pattern: str = TEXT_ONLY) -> torch.Tensor:
+        """bool ``[B, 1, L, L]``, True where query slot q may attend to key slot k (for SDPA), under ``pattern``
+        (``text_only`` | ``fsa``, see the module docstring)."""
+        if pattern not in ATTENTION_PATTERNS:
+            raise ValueError(f"unknown attention pattern {pattern!r}; choose one of {ATTENTION_PATTERNS}")
         sid, kind = self.sample_id, self.kind
-        same = sid[:, :, None] == sid[:, None, :]
-        real_key = (sid >= 0)[:, None, :]
-        text_q, text_k = (kind == TEXT)[:, :, None], (kind == TEXT)[:, None, :]
-        allowed = same & real_key & (~text_q | text_k)
+        allowed = (sid[:, :, None] == sid[:, None, :]) & (sid >= 0)[:, None, :]
+        if pattern == TEXT_ONLY:
+            allowed &= ~(kind == TEXT)[:, :, None] | (kind == TEXT)[:, None, :]
         pad_q = (sid < 0)[:, :, None]
         eye = torch.eye(sid.shape[1], dtype=torch.bool, device=sid.device)[None]
         return (allowed | (pad_q & eye)).unsqueeze(1)
+
+    def varlen_segments(self) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """The ``fsa`` pattern as varlen segments (flash-attn): ``(cu_seqlens int32 [S + 1], max_seqlen,
+        token_index int64 [N_real])``; ``token_index`` lists the flat slots of the real tokens row by row, so each
+        sample's tokens are consecutive (a sample is one contiguous segment of a row) and segment s is
+        ``token_index[cu_seqlens[s] : cu_seqlens[s + 1]]``."""
+        flat = self.sample_id.reshape(-1)
+        token_index = (flat >= 0).nonzero().squeeze(1)
+        _, counts = torch.unique_consecutive(flat.index_select(0, token_index), return_counts=True)
+        cu = torch.zeros(counts.numel() + 1, dtype=torch.int32, device=flat.device)
+        cu[1:] = counts.cumsum(0)
+        return cu, int(counts.max()) if counts.numel() else 0, token_index
 
 
 def batched_layout(

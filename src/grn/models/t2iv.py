@@ -8,6 +8,11 @@ Contract:
     text       float ``[B, L_text, text_dim]`` caption features (umT5), valid up to ``text_lens`` ``[B]``
     logits     float32 ``[B, K, C, T, h, w]`` (or ``[B, K, C, h, w]``), K = 2 (bit) or 2^M (index)
 
+Attention pattern (``attention``): ``text_only`` (the old release, ``GRN_T2I_2B.pth`` / ``GRN_T2V_2B.pth``: text
+attends only its own caption, so a caption's keys and values never change and :meth:`T2IVNet.text_cache` holds them
+once) or ``fsa`` (the ``…_FSA_…`` releases, official update §C2: every token attends to its whole sample, text
+included). The network is the same; only the mask differs (:mod:`grn.models.packing`).
+
 The visual input is an embedding lookup: ``embedding_bag`` over a token's C labels sums the columns of
 ``word_embed`` that the official one-hot map would select (channel-major one-hot channel ``c·K + label``, facts
 §1.4), so the maths and the ``word_embed.weight`` shape ``[D, C·K]`` match the official network without a one-hot
@@ -25,11 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from grn import hbq
-from grn.models.layers import RMSNorm, TimestepEmbedder, apply_rope
-from grn.models.packing import TEXT, Layout, batched_layout
+from grn.models.layers import RMSNorm, TimestepEmbedder, flash_varlen
+from grn.models.packing import ATTENTION_PATTERNS, FSA, TEXT_ONLY, Layout, batched_layout
 from grn.models.rope3d import pt_position, rope3d_cos_sin, visual_positions
+from grn.models.t2iv_attention import T2IV_ATTN_BACKENDS, SelfAttention, VarlenAttention, flex_block_mask
 
-T2IV_ATTN_BACKENDS = ("sdpa", "flex")
+__all__ = ["T2IV_ATTN_BACKENDS", "T2IV_SIZES", "Block", "LabelHead", "MLP", "SelfAttention", "T2IVNet", "T2IVSize",
+           "TextCache", "VarlenAttention", "build_t2iv", "flex_block_mask"]
 
 
 @dataclass(frozen=True)
@@ -39,21 +46,28 @@ class T2IVSize:
     num_heads: int
     mlp_hidden: int  # official: round(D · mlp_ratio / 256) · 256 with mlp_ratio 3.55
     block_chunks: int = 1  # the official FSDP wrap unit; only used to name official checkpoint keys
+    num_kv_heads: int | None = None  # grouped-query attention: key/value heads (None: one per query head)
 
 
 T2IV_SIZES: dict[str, T2IVSize] = {
     "tiny": T2IVSize(depth=2, hidden_size=64, num_heads=2, mlp_hidden=128),
     "grn0b": T2IVSize(depth=4, hidden_size=512, num_heads=4, mlp_hidden=1792),  # official debug size, 18.2 M
     "grn2b": T2IVSize(depth=28, hidden_size=2304, num_heads=18, mlp_hidden=8192, block_chunks=7),
+    # official update §A1-A3: the registered GRN8b (the second, winning definition), 7,890,859,520 params
+    "grn8b": T2IVSize(depth=36, hidden_size=4096, num_heads=32, mlp_hidden=12288, block_chunks=6),
+    # the shadowed first definition: 8 key/value heads (k/v_proj [1024, 4096]), FFN 16384, 8,796,829,184 params
+    "grn8b_gqa": T2IVSize(depth=36, hidden_size=4096, num_heads=32, mlp_hidden=16384, block_chunks=6,
+                          num_kv_heads=8),
 }
 
 
 @dataclass
 class TextCache:
     """Each layer's keys and values of a table of captions (text attends only to its own caption, so these never
-    depend on the visual tokens and are computed once per caption, not once per refinement step).
+    depend on the visual tokens and are computed once per caption, not once per refinement step). Valid only under
+    the ``text_only`` pattern: under ``fsa`` text attends the visual tokens and changes every step.
 
-    kv: per block ``(k, v)``, each ``[N, heads, L_text, head_dim]`` (normed, rotated); lens: int64 ``[N]``.
+    kv: per block ``(k, v)``, each ``[N, kv_heads, L_text, head_dim]`` (normed, rotated); lens: int64 ``[N]``.
     """
 
     kv: list[tuple[torch.Tensor, torch.Tensor]]
@@ -64,52 +78,6 @@ class TextCache:
         lens = self.lens[ids]
         width = int(lens.max())
         return TextCache([(k[ids, :, :width], v[ids, :, :width]) for k, v in self.kv], lens)
-
-
-class SelfAttention(nn.Module):
-    """Masked multi-head self-attention, Qwen3 style: q/k/v/o without bias, per-head RMSNorm on q and k, 3-D RoPE."""
-
-    def __init__(self, dim: int, num_heads: int, backend: str = "sdpa"):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        if backend not in T2IV_ATTN_BACKENDS:
-            raise ValueError(f"unknown attention backend {backend!r}; choose one of {T2IV_ATTN_BACKENDS}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.backend = backend
-        self.q_proj = nn.Linear(dim, dim, bias=False)
-        self.k_proj = nn.Linear(dim, dim, bias=False)
-        self.v_proj = nn.Linear(dim, dim, bias=False)
-        self.o_proj = nn.Linear(dim, dim, bias=False)
-        self.q_norm = RMSNorm(self.head_dim)
-        self.k_norm = RMSNorm(self.head_dim)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask,
-                extra_kv: tuple[torch.Tensor, torch.Tensor] | None = None, keep_kv: list | None = None) -> torch.Tensor:
-        """x ``[B, L, D]``; cos/sin ``[B, 1, L, head_dim]``; mask: bool ``[B, 1, L, L + L_extra]`` (sdpa; None:
-        attend to everything) or a flex BlockMask -> ``[B, L, D]``.
-
-        ``extra_kv``: cached keys / values ``[B, heads, L_extra, head_dim]`` (already normed and rotated) appended
-        after this sequence's own; ``keep_kv``: a list that receives this sequence's ``(k, v)``.
-        """
-        b, n, _ = x.shape
-        shape = (b, n, self.num_heads, self.head_dim)
-        q = apply_rope(self.q_norm(self.q_proj(x).view(shape)).transpose(1, 2), cos, sin)
-        k = apply_rope(self.k_norm(self.k_proj(x).view(shape)).transpose(1, 2), cos, sin)
-        v = self.v_proj(x).view(shape).transpose(1, 2)
-        if keep_kv is not None:
-            keep_kv.append((k, v))
-        if extra_kv is not None:
-            k = torch.cat([k, extra_kv[0].to(k.dtype)], dim=2)
-            v = torch.cat([v, extra_kv[1].to(v.dtype)], dim=2)
-        if self.backend == "flex" and extra_kv is None:
-            from torch.nn.attention.flex_attention import flex_attention
-
-            out = flex_attention(q, k, v, block_mask=mask)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class MLP(nn.Module):
@@ -128,10 +96,11 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm block without adaLN: ``x += attn(norm(x)); x += mlp(norm(x))``."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, backend: str = "sdpa"):
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, backend: str = "sdpa",
+                 num_kv_heads: int | None = None):
         super().__init__()
         self.input_layernorm = RMSNorm(dim)
-        self.attn = SelfAttention(dim, num_heads, backend)
+        self.attn = SelfAttention(dim, num_heads, backend, num_kv_heads)
         self.post_attention_layernorm = RMSNorm(dim)
         self.mlp = MLP(dim, mlp_hidden)
 
@@ -154,20 +123,6 @@ class LabelHead(nn.Module):
             return F.linear(self.norm(x.float()), self.proj.weight.float(), self.proj.bias.float())
 
 
-def flex_block_mask(layout: Layout):
-    """The layout's attention rule as a flex-attention BlockMask (GPU training: no ``L × L`` tensor)."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    sid, is_text = layout.sample_id, layout.kind == TEXT
-
-    def mask_mod(b, h, q, k):
-        same = (sid[b, q] == sid[b, k]) & (sid[b, k] >= 0)
-        return (same & (~is_text[b, q] | is_text[b, k])) | ((sid[b, q] < 0) & (q == k))
-
-    bsz, length = layout.shape
-    return create_block_mask(mask_mod, bsz, None, length, length, device=sid.device)
-
-
 class T2IVNet(nn.Module):
     """GRN for text-to-image and text-to-video (GRN_bit or GRN_ind).
 
@@ -177,7 +132,11 @@ class T2IVNet(nn.Module):
         target: ``"bits"`` (GRN_bit, the released models) or ``"index"`` (GRN_ind, 2^M levels per channel).
         text_dim: caption feature width (4096 for umT5-XXL).
         depth, hidden_size, num_heads, mlp_hidden: network shape; ``block_chunks`` names official keys.
-        attn_backend: ``sdpa`` (a dense boolean mask) or ``flex`` (flex attention with a block mask; GPU).
+        num_kv_heads: key/value heads (grouped-query attention; None: ``num_heads``).
+        attn_backend: ``sdpa`` (a dense boolean mask) or ``flex`` (flex attention with a block mask; GPU). Under
+            ``fsa`` on CUDA in bf16/fp16, flash-attn's varlen kernel runs instead where it is installed.
+        attention: ``text_only`` (the old releases) or ``fsa`` (full attention within each sample, the
+            ``…_FSA_…`` releases); stored in the config, so a saved model reloads with its pattern.
     """
 
     num_classes = None  # text-conditioned: no class vocabulary (class-to-image networks have an int here)
@@ -194,16 +153,22 @@ class T2IVNet(nn.Module):
         mlp_hidden: int = 8192,
         block_chunks: int = 1,
         attn_backend: str = "sdpa",
+        num_kv_heads: int | None = None,
+        attention: str = TEXT_ONLY,
     ):
         super().__init__()
         if depth % block_chunks:
             raise ValueError(f"depth {depth} is not divisible by block_chunks {block_chunks}")
+        if attention not in ATTENTION_PATTERNS:
+            raise ValueError(f"unknown attention pattern {attention!r}; choose one of {ATTENTION_PATTERNS}")
         self.latent_dim = latent_dim
         self.hbq_rounds = hbq_rounds
         self.target = target
         self.text_dim = text_dim
         self.block_chunks = block_chunks
         self.attn_backend = attn_backend
+        self.attention = attention
+        self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         self.label_channels = hbq.label_channels(latent_dim, hbq_rounds, target)
         self.num_levels = hbq.num_levels(hbq_rounds, target)
         self.head_dim = hidden_size // num_heads
@@ -212,7 +177,8 @@ class T2IVNet(nn.Module):
         self.word_embed = nn.Linear(width, hidden_size)
         self.pt_embedder = TimestepEmbedder(hidden_size)
         self.text_proj = nn.Linear(text_dim, hidden_size)
-        self.blocks = nn.ModuleList(Block(hidden_size, num_heads, mlp_hidden, attn_backend) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(hidden_size, num_heads, mlp_hidden, attn_backend, num_kv_heads)
+                                    for _ in range(depth))
         self.head = LabelHead(hidden_size, width)
         self.reset_parameters()
 
@@ -261,9 +227,25 @@ class T2IVNet(nn.Module):
         out = logits.reshape(b, t, h, w, c, self.num_levels).permute(0, 5, 4, 1, 2, 3)
         return out.squeeze(3) if image else out
 
+    @property
+    def caption_kv_static(self) -> bool:
+        """Whether a caption's keys and values are the same at every refinement step (``text_only``), so that
+        :meth:`text_cache` / :meth:`forward_cached` are valid. Under ``fsa`` text attends the visual tokens."""
+        return self.attention == TEXT_ONLY
+
     def attention_mask(self, layout: Layout):
-        """The mask the blocks take for ``layout``: dense bool (sdpa) or a BlockMask (flex)."""
-        return flex_block_mask(layout) if self.attn_backend == "flex" else layout.attention_mask()
+        """The mask the blocks take for ``layout``: dense bool (sdpa), a BlockMask (flex), a
+        :class:`VarlenAttention` (``fsa`` on CUDA with flash-attn), or None (``fsa`` with one unpadded sample per
+        row: full attention, SDPA's fused kernels run)."""
+        if self.attention == FSA:
+            sid = layout.sample_id
+            if sid.numel() and bool(((sid == sid[:, :1]) & (sid >= 0)).all()):
+                return None
+            if sid.is_cuda and flash_varlen() is not None and self.attn_backend == "sdpa":
+                return VarlenAttention(layout)
+        if self.attn_backend == "flex":
+            return flex_block_mask(layout, self.attention)
+        return layout.attention_mask(self.attention)
 
     def forward_layout(
         self,
@@ -304,10 +286,16 @@ class T2IVNet(nn.Module):
         vis = x.reshape(bsz * length, dim).index_select(0, layout.visual_index)
         return self.head(vis).view(-1, self.label_channels, self.num_levels)
 
+    def _check_caption_cache(self) -> None:
+        if not self.caption_kv_static:
+            raise ValueError(f"attention={self.attention!r}: text attends the visual tokens, so captions' keys and "
+                             "values change every step and cannot be cached; call forward instead")
+
     @torch.no_grad()
     def text_cache(self, text: torch.Tensor, text_lens: torch.Tensor) -> TextCache:
         """Run captions ``[N, L_text, text_dim]`` (valid up to ``text_lens`` ``[N]``) alone through the blocks and
-        keep every layer's keys and values (see :class:`TextCache`)."""
+        keep every layer's keys and values (see :class:`TextCache`). ``text_only`` networks only."""
+        self._check_caption_cache()
         n, width = text.shape[:2]
         lens = text_lens.to(device=text.device, dtype=torch.long)
         valid = torch.arange(width, device=text.device)[None] < lens[:, None]  # [N, L]
@@ -330,7 +318,9 @@ class T2IVNet(nn.Module):
         h_div_w_template: float | None = None,
     ) -> torch.Tensor:
         """:meth:`forward` with the captions' keys and values from :meth:`text_cache` (rows already selected,
-        one per sample): only the visual and pt tokens are computed. Same logits as :meth:`forward`."""
+        one per sample): only the visual and pt tokens are computed. Same logits as :meth:`forward`
+        (``text_only`` networks only)."""
+        self._check_caption_cache()
         video, image = self._as_video(labels)
         b, c, t, h, w = video.shape
         n_vis = t * h * w
@@ -375,7 +365,8 @@ class T2IVNet(nn.Module):
 
 
 def build_t2iv(size: str = "tiny", num_classes: None = None, **kwargs) -> T2IVNet:
-    """Build a :class:`T2IVNet` from a registered size (``tiny``, ``grn0b``, ``grn2b``); keyword arguments override
+    """Build a :class:`T2IVNet` from a registered size (``tiny``, ``grn0b``, ``grn2b``, ``grn8b``, ``grn8b_gqa``;
+    :data:`T2IV_SIZES`); keyword arguments override
     the size's fields or set the data-dependent ones (latent_dim, hbq_rounds, target, text_dim).
 
     ``num_classes`` must stay None: the network is text-conditioned. The key exists so that class- and

@@ -20,6 +20,7 @@ from typing import Any
 
 from grn.precision import PRECISIONS
 from grn.sampling.guidance import GUIDANCE_TYPES, check_interval
+from grn.sampling.refine import PT_VALUES
 from grn.sampling.schedules import SCHEDULES
 from grn.sampling.selection import SELECTIONS
 
@@ -59,6 +60,7 @@ class SamplerConfig:
     complexity_min_steps: int = 10
     complexity_max_steps: int = 50
     seed: int = 0
+    pt_value: str = "nominal"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -76,7 +78,7 @@ class SamplerConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"sampler.{name}={getattr(self, name)!r} is invalid: it must be true or false")
         for name, choices in (("schedule", SCHEDULES), ("cfg_type", GUIDANCE_TYPES), ("selection", SELECTIONS),
-                              ("bit_target", BIT_TARGETS), ("precision", PRECISIONS)):
+                              ("bit_target", BIT_TARGETS), ("precision", PRECISIONS), ("pt_value", PT_VALUES)):
             if getattr(self, name) not in choices:
                 shown = " | ".join("null" if c is None else str(c) for c in choices)
                 raise ValueError(f"sampler.{name}={getattr(self, name)!r} is invalid: choose one of {shown}")

@@ -8,7 +8,9 @@ refined and erased; at t_T = 1 the map is the sample.
 
 Options: the keep-probability schedule (linear, cosine, complexity-aware with a per-sample step count from the
 prediction entropy, paper Eq. 8-9), guidance (interval or power-cos), the selection of kept tokens (random or
-by confidence), the mask-based baseline that never revises a kept token, and region re-generation: given
+by confidence), the mask-based baseline that never revises a kept token, the pt value the network is told
+(``pt_value``: the schedule's nominal t_i, or the realised share of tokens the previous step kept, as the released
+T2I/T2V sampler; official update §F3, §B7), and region re-generation: given
 ``known`` labels and a ``region`` mask, only the region is generated and every token outside it is returned
 exactly as given.
 """
@@ -34,6 +36,8 @@ from grn.sampling.selection import select_keep
 
 # net(labels [B, C, h, w], t [B], y [B]) -> logits [B, K, C, h, w]
 Network = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# the keep-probability the network is told: the schedule's nominal value, or the share the previous step kept
+PT_VALUES = ("nominal", "realised")
 
 
 @dataclass
@@ -109,6 +113,7 @@ def refine(
     region: torch.Tensor | None = None,
     bit_target: str = "absolute",
     callback: Callable[[int], None] | None = None,
+    pt_value: str = "nominal",
 ) -> RefineResult:
     """Run the refinement loop.
 
@@ -119,10 +124,11 @@ def refine(
             over the map, so a temporal ``region`` (e.g. all frames but the first) works the same way.
         num_levels: K, classes per label (2^M for index labels, 2 for bits).
         num_steps: T for the ``linear`` and ``cosine`` schedules.
-        schedule: ``linear`` | ``cosine`` (with ``keep_prob_shift``) | ``complexity_aware``: the first
-            ``complexity_warmup_steps`` follow a linear schedule over ``alpha`` steps, then each sample's step
-            count becomes ``clip(round(k·H + b), complexity_min_steps, complexity_max_steps)`` from its Eq. 8
-            entropy H at the end of the warm-up.
+        schedule: ``linear`` | ``cosine`` (with ``keep_prob_shift``) | ``official_t2iv`` (the released T2I/T2V
+            targets, always ``num_steps`` passes, the output the last full prediction; :mod:`.schedules`) |
+            ``complexity_aware``: the first
+            ``complexity_warmup_steps`` follow a linear schedule over ``alpha`` steps, then each sample's step count becomes
+            ``clip(round(k·H + b), complexity_min_steps, complexity_max_steps)`` from its Eq. 8 entropy H at the end of the warm-up.
         cfg_scale, cfg_interval, cfg_type, cfg_power: guidance (see :mod:`grn.sampling.guidance`); the
             unconditional pass (class ``null_class``) runs only for samples whose scale is not 1, batched with
             the conditional one. ``null_class`` may be an int64 ``[B]`` tensor: a per-sample unconditional id
@@ -135,6 +141,9 @@ def refine(
             which input bits flip, so a prediction is ``input XOR sampled flip``; App. E.3).
         generator: the source of all randomness (same seed and device -> same samples).
         callback: called with the step index after each step (progress bars).
+        pt_value: what the network is told as its input's keep-probability: ``nominal`` (the schedule's t_i; with
+            ``known`` tokens ``known_share + (1 - known_share)·t_i``) or ``realised`` (the share of the region the
+            previous step actually kept, 0 at step 0; given tokens do not count, as the released I2V sampler).
     Returns:
         :class:`RefineResult`; stats ``keep_prob``, ``cfg_scale``, ``entropy`` (Eq. 8 of the conditional
         prediction), ``kept_fraction`` (share of the region kept from the prediction for the next step),
@@ -143,6 +152,8 @@ def refine(
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+    if pt_value not in PT_VALUES:
+        raise ValueError(f"pt_value must be one of {PT_VALUES}, got {pt_value!r}")
     if bit_target not in ("absolute", "relative"):
         raise ValueError(f"bit_target must be 'absolute' or 'relative', got {bit_target!r}")
     if bit_target == "relative" and num_levels != 2:
@@ -155,12 +166,10 @@ def refine(
     aware = schedule == "complexity_aware"
     official = schedule == "complexity_aware_official"
     if aware and not 0 < complexity_warmup_steps < complexity_min_steps <= complexity_max_steps:
-        raise ValueError("complexity-aware sampling needs 0 < complexity_warmup_steps < complexity_min_steps <= "
-                         "complexity_max_steps, got "
+        raise ValueError(f"complexity-aware sampling needs 0 < complexity_warmup_steps < complexity_min_steps <= complexity_max_steps, got "
                          f"{complexity_warmup_steps}, {complexity_min_steps}, {complexity_max_steps}")
     if official and not 0 < complexity_warmup_steps < complexity_min_steps <= num_steps:
-        raise ValueError("the official complexity-aware sampler needs 0 < complexity_warmup_steps < "
-                         "complexity_min_steps <= num_steps, got "
+        raise ValueError(f"the official complexity-aware sampler needs 0 < complexity_warmup_steps < complexity_min_steps <= num_steps, got "
                          f"{complexity_warmup_steps}, {complexity_min_steps}, {num_steps}")
     # linear / cosine / ours: ``total`` steps per sample; official: ``post`` = D, the steps after the warm-up
     total = torch.full((bsz,), float(alpha if aware else num_steps), dtype=torch.float64, device=device)
@@ -168,7 +177,7 @@ def refine(
     max_steps = int(complexity_max_steps if aware else num_steps)
     if max_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    lin_schedule = "cosine" if schedule == "cosine" else "linear"
+    lin_schedule = schedule if schedule in ("cosine", "official_t2iv") else "linear"
 
     def keep_at(step: int, rows: torch.Tensor) -> torch.Tensor:
         if official:
@@ -199,6 +208,7 @@ def refine(
     done = torch.zeros(bsz, dtype=torch.bool, device=device)
     warm_entropy = torch.full((bsz,), float("nan"), device=device)
     tau = torch.full((bsz,), float(temperature), dtype=torch.float64, device=device)
+    realised = torch.zeros(bsz, dtype=torch.float32, device=device)  # share of the region kept last step
     rec = {key: torch.zeros(max_steps, device=device) for key in ("keep_prob", "cfg_scale", "entropy", "kept_fraction", "active", "network_rows")}
     logits_shape = (bsz, num_levels, *label_shape)
 
@@ -208,8 +218,10 @@ def refine(
             break
         everyone = idx.numel() == bsz
         t_now = keep_at(i, idx)  # nominal, over the region
-        # the network is told the share of real tokens in its whole input: the given ones count as real
-        t_in = (known_share[idx] + (1.0 - known_share[idx]) * t_now).float()
+        if pt_value == "realised":
+            t_in = realised[idx]
+        else:  # the share of real tokens in the whole input: the given ones count as real
+            t_in = (known_share[idx] + (1.0 - known_share[idx]) * t_now).float()
         scale = guidance_scales(t_now, cfg_scale, cfg_interval, cfg_type, cfg_power)
         guided = (scale != 1.0).nonzero().squeeze(1)
         if guided.numel() and null is None:
@@ -226,8 +238,7 @@ def refine(
         entropy = normalized_entropy(cond, sel_a if known is not None else None)
         if official and i == complexity_warmup_steps:  # §E1.4: this step's entropy sets D, its τ and its next t already
             warm_entropy[idx] = entropy
-            post[idx] = official_complexity_steps(entropy, k, b, complexity_min_steps, complexity_warmup_steps,
-                                                  num_steps)
+            post[idx] = official_complexity_steps(entropy, k, b, complexity_min_steps, complexity_warmup_steps, num_steps)
             tau[idx] = temperature * official_temperature_factor(post[idx])
         tau_a = tau[idx] if official and temperature != 0 else temperature
         # draws for the whole batch, used for the samples still refining (see sample_categorical)
@@ -270,12 +281,14 @@ def refine(
         z[idx] = z_next
         steps[idx] = i + 1
         done[idx[finishing]] = True
+        kept_share = (keep & sel_a).flatten(1).sum(1).float() / sel_a.flatten(1).sum(1).clamp_min(1)
+        realised[idx] = kept_share
 
         n = float(idx.numel())
         rec["keep_prob"][i] = t_now.float().mean()
         rec["cfg_scale"][i] = scale.float().mean()
         rec["entropy"][i] = entropy.mean()
-        rec["kept_fraction"][i] = ((keep & sel_a).flatten(1).sum(1).float() / sel_a.flatten(1).sum(1).clamp_min(1)).mean()
+        rec["kept_fraction"][i] = kept_share.mean()
         rec["active"][i] = n
         rec["network_rows"][i] = n + guided.numel()  # samples through the network this step (cond + uncond)
         if callback is not None:

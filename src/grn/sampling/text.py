@@ -45,9 +45,12 @@ class TextConditionedNet:
     """``refine``'s network over a caption table: ``(labels [B', C, (T,) h, w], t [B'], ids [B']) -> logits``,
     where ``ids`` pick rows of ``features`` / ``lens`` (built by :func:`pad_texts`).
 
-    ``cache_text``: text tokens attend only to their own caption, so their keys and values are the same at every
-    step; they are computed once for the whole table (:meth:`T2IVNet.text_cache`, as the official sampler's KV
-    cache) and each step runs only the visual and pt tokens. ``False`` runs the full sequence every step.
+    ``cache_text``: under the ``text_only`` attention pattern text tokens attend only to their own caption, so
+    their keys and values are the same at every step; they are computed once for the whole table
+    (:meth:`T2IVNet.text_cache`, as the old official sampler's KV cache) and each step runs only the visual and pt
+    tokens. Under ``fsa`` text attends the visual tokens, so its keys and values change every step: the cache is
+    never used there (``cache_text`` is ignored) and every step runs the full sequence, as the FSA release does.
+    ``False`` runs the full sequence every step.
     """
 
     def __init__(self, net: T2IVNet, features: torch.Tensor, lens: torch.Tensor,
@@ -56,7 +59,7 @@ class TextConditionedNet:
         self.features = features
         self.lens = lens.to(features.device)
         self.h_div_w_template = h_div_w_template
-        self.cache_text = cache_text
+        self.cache_text = cache_text and net.caption_kv_static  # never under fsa: text K/V depend on the map
         self._cache = None
 
     def __call__(self, labels: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -125,7 +128,8 @@ def sample_text_to_labels(
         first_frame: image-to-video: labels ``[B, C, h, w]`` of latent frame 0 (:func:`encode_first_frame`),
             returned unchanged while the other frames are generated. Needs a video ``label_shape``.
         h_div_w_template: the aspect-ratio template for the 3-D RoPE positions (default: nearest to h / w).
-        cache_text: compute the captions' keys and values once (see :class:`TextConditionedNet`).
+        cache_text: compute the captions' keys and values once (see :class:`TextConditionedNet`; ignored for
+            ``attention='fsa'`` networks, where it would be wrong).
         known, region: region re-generation, as :func:`refine` (not together with ``first_frame``).
         callback: called with the step index after each step.
     Returns:
