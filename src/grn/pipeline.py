@@ -64,18 +64,39 @@ class GRNPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        ckpt: str | Path,
+        ckpt: str | Path | None = None,
         task: str | None = None,
         tokenizer_ckpt: str | Path | None = None,
         ema: str | None = "ema1",
         device: str | torch.device = "cpu",
+        *,
+        hf_repo_id: str | None = None,
+        pn: str | None = None,
+        model: str = "GRN2b",
+        cache_dir: str | Path | None = None,
+        text_encoder: Any = None,
     ):
         """The pipeline for ``task``: ``c2i`` (this class) or ``t2i`` / ``t2v`` / ``i2v``
         (:class:`grn.text_pipeline.TextPipeline`). ``task=None`` reads it from the checkpoint (a text-conditioned
-        checkpoint defaults to ``t2i``; pass ``t2v`` / ``i2v`` for clips)."""
+        checkpoint defaults to ``t2i``; pass ``t2v`` / ``i2v`` for clips).
+
+        With ``hf_repo_id`` (the official call, e.g. ``hf_repo_id="bytedance-research/GRN", task="T2V",
+        pn="0.41M", model="GRN8b"``), the official release files of (task, model) are resolved through the
+        Hugging Face cache and the result is called with the official arguments
+        (:class:`grn.official_pipeline.OfficialTextPipeline`)."""
         from grn.checkpoints import read_checkpoint, require_checkpoint_file
         from grn.text_pipeline import TEXT_TASKS, TextPipeline
 
+        if hf_repo_id is not None:
+            from grn.official_pipeline import OfficialTextPipeline
+
+            if ckpt is not None:
+                raise ValueError("give either a checkpoint path or hf_repo_id=, not both")
+            return OfficialTextPipeline.from_hub(hf_repo_id, task or "T2I", pn, model, device, cache_dir,
+                                                 text_encoder)
+        if ckpt is None:
+            raise ValueError("from_pretrained needs a checkpoint path or hf_repo_id=<hub repo>")
+        task = task.lower() if isinstance(task, str) else task
         if task is None:
             path = require_checkpoint_file(ckpt, "generator")
             hp = read_checkpoint(path, mmap=True).get("hyper_parameters", {})

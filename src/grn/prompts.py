@@ -52,14 +52,14 @@ _VIDEO_NEGATIVE = (
 NEGATIVE_PROMPTS = {"t2i": "", "t2v": _VIDEO_NEGATIVE, "i2v": _VIDEO_NEGATIVE}
 
 # default decoding per task in the official tools (§F6): t2i_infer.py (2B), t2v_infer.py / i2v_infer.py (8B).
-# pn: size preset; h_div_w: aspect ratio; cfg_scale: guidance; temperature: tau; num_steps: Tmax; snr_shift: the
-# schedule shift; duration_s: seconds of video (the tools cap it at 5 s, 81 frames at 16 fps).
+# pn: size preset; h_div_w: aspect ratio; cfg_scale: guidance; temperature: tau; num_steps: Tmax; keep_prob_shift: the
+# schedule shift (the official snr_shift); duration_s: seconds of video (the tools cap it at 5 s, 81 frames at 16 fps).
 DECODING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "t2i": {"pn": "1M", "h_div_w": 1.0, "cfg_scale": 3.0, "temperature": 1.1, "num_steps": 50, "snr_shift": 1.0},
+    "t2i": {"pn": "1M", "h_div_w": 1.0, "cfg_scale": 3.0, "temperature": 1.1, "num_steps": 50, "keep_prob_shift": 1.0},
     "t2v": {"pn": "0.41M", "h_div_w": 9 / 16, "cfg_scale": 3.0, "temperature": 1.0, "num_steps": 50,
-            "snr_shift": 1.0, "duration_s": 2.0, "fps": 16},
+            "keep_prob_shift": 1.0, "duration_s": 2.0, "fps": 16},
     "i2v": {"pn": "0.41M", "h_div_w": 9 / 16, "cfg_scale": 3.0, "temperature": 1.0, "num_steps": 50,
-            "snr_shift": 1.0, "duration_s": 2.0, "fps": 16},
+            "keep_prob_shift": 1.0, "duration_s": 2.0, "fps": 16},
 }
 
 

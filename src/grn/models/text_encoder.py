@@ -92,6 +92,22 @@ def wan_t5_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def wan_t5_shape(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The ``UMT5Config`` shape fields an official (Wan) encoder state dict implies: vocabulary and width from the
+    token embedding, depth from the block indices, FFN width from ``ffn.fc1``, heads from the relative position
+    table ``[buckets, heads]`` (umT5-XXL: 256384, 4096, 24, 10240, 64 heads of 64)."""
+    try:
+        vocab, d_model = state["token_embedding.weight"].shape
+        heads = state["blocks.0.pos_embedding.embedding.weight"].shape[1]
+        return dict(vocab_size=int(vocab), d_model=int(d_model), num_heads=int(heads),
+                    d_kv=int(state["blocks.0.attn.q.weight"].shape[0]) // int(heads),
+                    d_ff=int(state["blocks.0.ffn.fc1.weight"].shape[0]),
+                    num_layers=1 + max(int(m[1]) for m in map(re.compile(r"^blocks\.(\d+)\.").match, state) if m),
+                    relative_attention_num_buckets=int(state["blocks.0.pos_embedding.embedding.weight"].shape[0]))
+    except (KeyError, ValueError) as err:
+        raise KeyError(f"not an umT5 encoder state dict in the official layout (missing {err})") from None
+
+
 def hf_to_wan_t5(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of :func:`wan_t5_to_hf` (writes the official layout)."""
     inverse = {v: k for k, v in _WAN_TO_HF_LAYER.items()}
@@ -198,9 +214,11 @@ def load_umt5_encoder(
             raise _missing(weights / "config.json", "transformers config of the umT5 encoder")
         model = UMT5EncoderModel.from_pretrained(weights, local_files_only=True, dtype=dtype)
     else:
-        state = wan_t5_to_hf(torch.load(weights, map_location="cpu", weights_only=True, mmap=True))
+        wan = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+        shape = {**wan_t5_shape(wan), **(config or {})}
+        state = wan_t5_to_hf(wan)
         with torch.device("meta"):
-            model = UMT5EncoderModel(UMT5Config(**{**UMT5_XXL, **(config or {})}))
+            model = UMT5EncoderModel(UMT5Config(**{**UMT5_XXL, **shape}))
         model.load_state_dict(state, strict=True, assign=True)
         model = model.to(dtype)
     if dim is not None and model.config.d_model != dim:
