@@ -9,7 +9,7 @@ STAMP := $(VENV)/.grn-installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all test-cluster bench clean
+.PHONY: help install demo test test-slow test-all test-cluster bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ demo: $(STAMP) ## train the tiny tokenizer + GRN on real digits, write runs/quic
 
 test: $(STAMP) ## the CPU test suite (minutes; excludes tests marked slow, gpu or cluster; installs nothing)
 	$(PY) -m pytest -m "not slow and not gpu and not cluster" $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## only the tests marked slow (multi-process resume, the GPU check's CPU dry run, ...)
+	$(PY) -m pytest -m "slow and not gpu and not cluster" $(PYTEST_ARGS)
 
 test-all: $(STAMP) ## every CPU test, slow ones included (still no gpu or cluster tests)
 	$(PY) -m pytest -m "not gpu and not cluster" $(PYTEST_ARGS)

@@ -64,3 +64,14 @@ def digits_classifier_file(tmp_path_factory):
     finally:
         digits.train_digits_classifier = train
     return path
+
+
+@pytest.fixture(scope="session")
+def full_digits_classifier_file(tmp_path_factory):
+    """The default digits classifier (the real 12-epoch recipe), trained once per test run and cached as
+    :func:`grn.metrics.digits.load_or_train_classifier` writes it, so a run directory can be given it ready-made."""
+    import grn.metrics.digits as digits
+
+    path = tmp_path_factory.mktemp("digits_classifier_full") / "digits_classifier.pt"
+    digits.load_or_train_classifier(path)
+    return path

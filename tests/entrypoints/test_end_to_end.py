@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,11 @@ def run(script: str, *args: str, env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, full_digits_classifier_file):
     work = tmp_path_factory.mktemp("e2e")
+    (work / "cache").mkdir()  # the report's classifier, trained once per test run with the default recipe
+    shutil.copyfile(full_digits_classifier_file, work / "cache" / "digits_classifier.pt")
+    (work / "cache_mtime").write_text(str((work / "cache" / "digits_classifier.pt").stat().st_mtime_ns))
     env = {
         **os.environ,
         "WORKDIR": str(work),
@@ -45,6 +49,10 @@ def trained(tmp_path_factory):
     env.pop("GRN_RUN_ID", None)
     run("train.py", *FAST, env=env)
     return work, env
+
+
+def trained_cache_mtime(work: Path) -> int:
+    return int((work / "cache_mtime").read_text())
 
 
 def test_train_writes_checkpoints_report_and_grid(trained):
@@ -61,7 +69,11 @@ def test_train_writes_checkpoints_report_and_grid(trained):
     assert metrics["settings"]["sampler"]["num_steps"] == 3
     grid = Image.open(run_dir / "samples.png")
     assert grid.size == (2 + 2 * 34, 2 + 10 * 34)  # 10 rows (one per digit) of 2 images (2 per class here)
-    assert (work / "cache" / "digits_classifier.pt").is_file()
+    # the report read the classifier cache it was given (same accuracy, file not rewritten) instead of retraining
+    cache = work / "cache" / "digits_classifier.pt"
+    cached = torch.load(cache, weights_only=True)["val_accuracy"]
+    assert metrics["classifier_val_accuracy"] == pytest.approx(cached, abs=5e-5)  # metrics.json rounds to 4 places
+    assert cache.stat().st_mtime_ns == trained_cache_mtime(work)
 
 
 def test_rerun_resumes_finished_stages(trained):

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# four 2-rank train.py runs (~70 s on 2 cores): `make test-slow` (CI runs it after `make test`)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 HELPERS = ROOT / "tests" / "distributed"  # kill_callback.py, imported by the training processes
 N, CKPT_EVERY, KILL_AT = 6, 3, 4

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("install", "environment", "flash_attn", "gpu_tests", "sampler", "train_step")
 
 
-@pytest.mark.slow  # 1-2 min of CPU; .ci/run also runs the dry run itself after make test
+@pytest.mark.slow  # 1-2 min of CPU: make test-slow, which .ci/run runs after make test
 @pytest.mark.timeout(600)
 def test_dry_run_writes_the_report(tmp_path):
     out = tmp_path / "report" / "gpu_check.json"
