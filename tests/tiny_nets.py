@@ -79,3 +79,20 @@ def tiny_t2iv_config(latent_dim: int, hbq_rounds: int, text_dim: int = 16, **ext
 def tiny_text_encoder_config(dim: int = 16) -> dict[str, Any]:
     """``grn.models.text_encoder.tiny_text_encoder`` with one layer of two heads."""
     return {"_target_": "grn.models.text_encoder.tiny_text_encoder", "dim": dim, "num_layers": 1, "num_heads": 2}
+
+
+def quiet_cpu_trainer(steps: int, **kwargs: Any):
+    """A one-CPU Lightning Trainer for ``steps`` steps without logger, checkpoints, progress bar, model summary
+    or sanity validation; ``kwargs`` add or replace Trainer options."""
+    import lightning as L
+
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(max_steps=steps, **{**options, **kwargs})
