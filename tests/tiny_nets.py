@@ -25,6 +25,17 @@ TINY_TOKENIZER = {
     "channel_mult": [1, 2],
     "num_res_blocks": 1,
 }
+# Hydra overrides that shrink experiment=tokenizer_tiny_joint to a toy (16² crops and clips, 8-channel
+# tokenizer, 2×2 validation grid): a training step takes well under a second
+TOY_TINY_JOINT = [
+    "data.photos.crop_size=16",
+    "data.photos.batch_size=2",
+    "data.photos.val_grid=2",
+    "data.gif.crop_size=16",
+    "data.gif.batch_size=1",
+    "model.tokenizer.enc_channels=8",
+    "model.tokenizer.dec_channels=8",
+]
 TINY_DISCRIMINATOR = {
     "_target_": "grn.models.discriminator.PatchDiscriminator",
     "base_channels": 8,
