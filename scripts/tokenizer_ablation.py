@@ -135,28 +135,35 @@ def side_by_side_png(
     return buf.getvalue()
 
 
+def fit_quietly(module, datamodule, steps: int, print_every: int, name: str) -> tuple[L.Trainer, float]:
+    """Train ``module`` for ``steps`` steps on one CPU, silently but for a loss line every ``print_every``
+    steps and without validation (the callers score the result themselves); returns the trainer and the
+    training wall time in seconds."""
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, steps)),
+        callbacks=[_PrintLosses(print_every, name)],
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    return trainer, time.perf_counter() - start
+
+
 def run_setting(setting: str, seed: int, args) -> dict:
     cfg = compose_run(setting, args.steps, [*args.override, f"seed={seed}"])
     stage = cfg.stages.tokenizer
     L.seed_everything(seed, workers=True, verbose=False)  # same init and batches for every setting
     datamodule = instantiate(stage.datamodule)
     module = instantiate(stage.lit_module)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=int(stage.max_steps),
-        limit_val_batches=0,  # evaluated once below, on the EMA weights
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, args.steps)),
-        callbacks=[_PrintLosses(args.print_every, setting)],
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
-    train_seconds = time.perf_counter() - start
+    trainer, train_seconds = fit_quietly(module, datamodule, int(stage.max_steps), args.print_every, setting)
 
     tok = module.ema_tokenizer()
     quantize = bool(stage.lit_module.quantize)
@@ -306,22 +313,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> dict[str, dict]:
-    args = parse_args(argv)
+def run_missing(args, names, run) -> Path:
+    """``run(name, seed, args)`` for every seed and name (seed-major, one at a time) whose
+    ``<args.workdir>/<name>_seed<seed>.json`` does not exist yet (or all with ``args.force``), each result
+    written there atomically; nothing with ``args.report_only``. $OMP_NUM_THREADS sets torch's threads.
+    Returns the workdir."""
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads:
         torch.set_num_threads(threads)
     workdir = Path(args.workdir)
-    if not args.report_only:
-        for seed in args.seeds:  # seed-major: a first full table comes early
-            for setting in args.settings:
-                path = workdir / f"{setting}_seed{seed}.json"
-                if path.is_file() and not args.force:
-                    print(f"[{setting}] kept {path}", flush=True)
-                    continue
-                result = run_setting(setting, seed, args)
-                atomic_write_json(result, path)
-                print(json.dumps(result), flush=True)
+    if args.report_only:
+        return workdir
+    for seed in args.seeds:  # seed-major: a first full table comes early
+        for name in names:
+            path = workdir / f"{name}_seed{seed}.json"
+            if path.is_file() and not args.force:
+                print(f"[{name}] kept {path}", flush=True)
+                continue
+            result = run(name, seed, args)
+            atomic_write_json(result, path)
+            print(json.dumps(result), flush=True)
+    return workdir
+
+
+def main(argv=None) -> dict[str, dict]:
+    args = parse_args(argv)
+    workdir = run_missing(args, args.settings, run_setting)
     results = {
         s: [json.loads(p.read_text()) for p in sorted(workdir.glob(f"{s}_seed*.json"))] for s in SETTINGS
     }

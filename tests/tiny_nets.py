@@ -25,6 +25,17 @@ TINY_TOKENIZER = {
     "channel_mult": [1, 2],
     "num_res_blocks": 1,
 }
+# Hydra overrides that shrink experiment=tokenizer_tiny_joint to a toy (16² crops and clips, 8-channel
+# tokenizer, 2×2 validation grid): a training step takes well under a second
+TOY_TINY_JOINT = [
+    "data.photos.crop_size=16",
+    "data.photos.batch_size=2",
+    "data.photos.val_grid=2",
+    "data.gif.crop_size=16",
+    "data.gif.batch_size=1",
+    "model.tokenizer.enc_channels=8",
+    "model.tokenizer.dec_channels=8",
+]
 TINY_DISCRIMINATOR = {
     "_target_": "grn.models.discriminator.PatchDiscriminator",
     "base_channels": 8,
@@ -79,3 +90,20 @@ def tiny_t2iv_config(latent_dim: int, hbq_rounds: int, text_dim: int = 16, **ext
 def tiny_text_encoder_config(dim: int = 16) -> dict[str, Any]:
     """``grn.models.text_encoder.tiny_text_encoder`` with one layer of two heads."""
     return {"_target_": "grn.models.text_encoder.tiny_text_encoder", "dim": dim, "num_layers": 1, "num_heads": 2}
+
+
+def quiet_cpu_trainer(steps: int, **kwargs: Any):
+    """A one-CPU Lightning Trainer for ``steps`` steps without logger, checkpoints, progress bar, model summary
+    or sanity validation; ``kwargs`` add or replace Trainer options."""
+    import lightning as L
+
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(max_steps=steps, **{**options, **kwargs})

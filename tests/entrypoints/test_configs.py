@@ -24,7 +24,12 @@ def instantiate_stages(cfg):
 
 
 IMAGENET = {f"c2i_grn_{k}_in256" for k in "blhg"}  # the paper's C2I runs: real shards and GPUs not needed here
-FULL_SIZE = {"tokenizer_image_f16d16", "tokenizer_joint_f16t4d64"} | IMAGENET  # meta device, LPIPS stand-in
+FULL_SIZE = {
+    "tokenizer_image_f16d16",
+    "tokenizer_joint_f16t4d64",
+    "tokenizer_official_f16d16",
+    "tokenizer_official_f16t4d64",
+} | IMAGENET  # meta device, LPIPS stand-in
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -12,7 +12,7 @@ from grn.models.tokenizer import HBQTokenizer
 
 from tiny_nets import TINY_DISCRIMINATOR as DISCRIMINATOR
 from tiny_nets import TINY_TOKENIZER as TOKENIZER
-from tiny_nets import smooth_images
+from tiny_nets import quiet_cpu_trainer, smooth_images
 
 STEPS = 20
 
@@ -36,16 +36,7 @@ def loader(repeats: int) -> DataLoader:
 
 
 def trainer(steps: int, **kwargs) -> L.Trainer:
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(max_steps=steps, **{**options, **kwargs})
+    return quiet_cpu_trainer(steps, **kwargs)
 
 
 @torch.no_grad()

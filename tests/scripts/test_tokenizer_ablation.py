@@ -5,16 +5,9 @@ import json
 import pytest
 
 from script_loader import load_script
+from tiny_nets import TOY_TINY_JOINT
 
-TOY = [
-    "data.photos.crop_size=16",
-    "data.photos.batch_size=2",
-    "data.photos.val_grid=2",
-    "data.gif.crop_size=16",
-    "data.gif.batch_size=1",
-    "model.tokenizer.enc_channels=8",
-    "model.tokenizer.dec_channels=8",
-]
+TOY = TOY_TINY_JOINT
 
 
 @pytest.fixture(scope="module")

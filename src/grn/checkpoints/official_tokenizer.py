@@ -1,9 +1,13 @@
 """Official HBQ tokenizer checkpoints → :class:`~grn.models.tokenizer.HBQTokenizer` (the ``tokenizer`` adapter).
 
-An official file (``HBQ_image_tokenizer_16dim_M4.ckpt``, ``HBQ_tokenizer_64dim_M4.ckpt``; facts §2.4, §7) is a
+An official file (``HBQ_image_tokenizer_16dim_M4.ckpt``, ``HBQ_tokenizer_64dim_M4.ckpt``; facts §2.4, §7; and the
+newer joint ``HBQ_image_video_tokenizer_64dim_M4_20260618.ckpt`` / ``…_20260626.ckpt``, official_update D9-D10) is a
 dict whose ``ema`` entry (else ``vae``) is the state dict of the official network: 196 tensors whose names and
 shapes are exactly those of :class:`HBQTokenizer` built with the official layout, so loading is a strict
 ``load_state_dict`` — no renaming. ``hbq_rounds`` (M) is not stored in the files (their names say "M4").
+Every load reports whether the middle attention blocks are inert (``proj.weight`` all zero, as the released
+training code leaves them: it disables attention, official_update D9): logged, and set on the tokenizer as
+``middle_attention_inert`` (the encoder's block) and ``inert_attention`` (each block's flag).
 :func:`load_tokenizer <grn.checkpoints.load_tokenizer>` takes such a file directly; :func:`to_checkpoint` turns
 it into a grn tokenizer checkpoint (``scripts/convert_official.py``).
 
@@ -13,6 +17,7 @@ it into a grn tokenizer checkpoint (``scripts/convert_official.py``).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,13 +33,39 @@ from grn.models.tokenizer import HBQTokenizer
 __all__ = [
     "ADAPTER",
     "OFFICIAL_STATE_KEYS",
+    "RELEASE_FILES",
+    "MIDDLE_ATTENTION",
+    "inert_middle_attention",
     "official_layout",
     "read_official_state",
     "official_tokenizer_config",
     "load_official_tokenizer",
 ]
 
+log = logging.getLogger(__name__)
+
 OFFICIAL_STATE_KEYS = ("ema", "vae")  # tried in this order, as the official loaders do
+# The released tokenizer files and their latent width d (all M = 4, the same 196 keys; official_update D10).
+RELEASE_FILES = {
+    "HBQ_image_tokenizer_16dim_M4.ckpt": 16,  # C2I
+    "HBQ_tokenizer_64dim_M4.ckpt": 64,  # the first T2I/T2V release (now 404 on HF)
+    "HBQ_image_video_tokenizer_64dim_M4_20260618.ckpt": 64,
+    "HBQ_image_video_tokenizer_64dim_M4_20260626.ckpt": 64,
+}
+MIDDLE_ATTENTION = ("encoder.middle.1", "decoder.middle.1")  # the two attention blocks' key prefixes
+
+
+def inert_middle_attention(state: Mapping[str, torch.Tensor]) -> dict[str, bool]:
+    """``{block: its proj.weight is all zero}`` for each middle attention block present in ``state``.
+
+    ``proj.weight`` starts at zero, so an all-zero one was never trained: the block then adds only
+    ``proj.bias``, as when the network was trained with attention disabled (official_update D9).
+    """
+    return {
+        block: not bool(state[f"{block}.proj.weight"].any())
+        for block in MIDDLE_ATTENTION
+        if f"{block}.proj.weight" in state
+    }
 
 
 def official_layout(latent_dim: int, hbq_rounds: int = 4) -> dict[str, Any]:
@@ -176,7 +207,29 @@ def tokenizer_from_state(
     tok.load_state_dict(state, strict=True, assign=True)
     if dtype is not None:
         tok = tok.to(dtype)
+    _report_attention(tok, inert_middle_attention(state), source)
     return tok.eval(), cfg
+
+
+def _report_attention(tok: HBQTokenizer, inert: dict[str, bool], source: Any) -> None:
+    """Record on ``tok`` which middle attention blocks are inert (``inert_attention``; the encoder's flag as
+    ``middle_attention_inert``, None without attention), and log it."""
+    tok.inert_attention = inert
+    tok.middle_attention_inert = inert.get(MIDDLE_ATTENTION[0])
+    _log_attention(inert, source)
+
+
+def _log_attention(inert: dict[str, bool], source: Any) -> None:
+    if not inert:
+        return
+    if any(inert.values()):
+        blocks = ", ".join(b for b, flag in inert.items() if flag)
+        log.warning(
+            "%s: middle attention inert (proj.weight all zero, so it adds only its bias) in %s, as in a "
+            "tokenizer trained with attention disabled (official_update D9)", source, blocks
+        )
+    else:
+        log.info("%s: the middle attention blocks are trained (proj.weight non-zero)", source)
 
 
 def load_official_tokenizer(
@@ -190,16 +243,22 @@ def load_official_tokenizer(
 
     Args:
         path: the ``.ckpt`` file (a dict with ``ema`` or ``vae``).
-        latent_dim: expected d (16: the C2I image tokenizer, 64: the joint one); None accepts the file's.
+        latent_dim: expected d (16: the C2I image tokenizer, 64: the joint ones); None: the d of a release
+            file of that name (:data:`RELEASE_FILES`), else the file's.
         hbq_rounds: M, which the files do not store (4 for every released model).
         dtype: cast the weights (None keeps the file's dtype).
         return_config: also return the ``_target_`` config the weights imply (for Hydra / checkpoints).
+
+    The returned tokenizer carries ``middle_attention_inert`` (True when ``encoder.middle.1.proj.weight`` is all
+    zero) and ``inert_attention`` (that flag per middle attention block); a warning is logged when one is inert.
 
     Raises:
         FileNotFoundError: no such file (one line, naming it).
         ValueError: the dict lacks ``ema``/``vae``, d differs from ``latent_dim``, or keys are missing /
             extra / of the wrong shape for the implied network (named in the message).
     """
+    if latent_dim is None:
+        latent_dim = RELEASE_FILES.get(Path(path).name)
     tok, cfg = tokenizer_from_state(read_official_state(path), path, latent_dim, hbq_rounds, dtype)
     return (tok, cfg) if return_config else tok
 
@@ -218,6 +277,7 @@ def to_checkpoint(ckpt: Mapping[str, Any], source: Any, hbq_rounds: int = 4, **_
     Options other than ``hbq_rounds`` (a tokenizer checkpoint, a label target) do not apply and are ignored."""
     entry, state = _state(ckpt, source)
     _, cfg = _checked(state, source, None, hbq_rounds)
+    _log_attention(inert_middle_attention(state), source)
     return {
         "hyper_parameters": {"tokenizer": cfg},
         "state_dict": {TOKENIZER_PREFIX + k: v for k, v in state.items()},

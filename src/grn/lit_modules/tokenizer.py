@@ -1,13 +1,16 @@
 """Stage 1: train the HBQ tokenizer (reconstruction L1 + LPIPS + PatchGAN), with an EMA of its weights.
 
 The module only orchestrates: the tokenizer and discriminator are built from ``_target_`` configs, the losses
-come from ``grn.losses``. GAN training uses manual optimisation with two optimisers; only the generator step
-is counted, so ``trainer.global_step`` (and ``max_steps``) is the number of tokenizer updates.
+come from ``grn.losses``. GAN training uses manual optimisation with two optimisers; one step is counted per
+batch, so ``trainer.global_step`` (and ``max_steps``) is the number of batches: with ``joint_update="joint"``
+(the default) that is the number of tokenizer updates, with ``"per_batch"`` (the released rule) a joint batch
+makes one tokenizer and one discriminator update per part.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -20,12 +23,32 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from grn.distributed.fsdp import is_sharded, reshard, shard_module
 from grn.lit_modules.config import CheckedLoad, plain_config
+from grn.models.discriminator import to_sync_batch_norm, uses_batch_statistics
 from grn.models.ema import EMA
 from grn.losses.adversarial import adaptive_weight, generator_adv_loss, hinge_d_loss
 from grn.losses.perceptual import build_lpips
 from grn.models.tokenizer import HBQTokenizer
 
-__all__ = ["TokenizerLitModule"]
+__all__ = ["TokenizerLitModule", "JOINT_UPDATES", "weight_decay_groups"]
+
+log = logging.getLogger(__name__)
+
+JOINT_UPDATES = ("joint", "per_batch")
+
+
+def weight_decay_groups(
+    module: torch.nn.Module, weight_decay: float, decay_1d_and_bias: bool = True
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups for ``module``: one group decayed by ``weight_decay`` and, unless
+    ``decay_1d_and_bias``, one with weight decay 0 holding the 1-D parameters and the biases (the released
+    tokenizer rule, facts D5: ``ndim >= 2`` and not a bias is decayed). Empty groups are left out."""
+    if decay_1d_and_bias:
+        return [{"params": list(module.parameters()), "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        (decay if p.ndim >= 2 and not name.endswith("bias") else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def _frames(x: torch.Tensor) -> torch.Tensor:
@@ -61,10 +84,19 @@ class TokenizerLitModule(CheckedLoad, L.LightningModule):
         l1_weight, lpips_weight, gan_weight: loss weights; ``gan_weight`` multiplies the adaptive weight.
         disc_start: generator step from which the GAN terms (both steps) are on.
         adaptive_gan_weight: use the VQGAN gradient-norm ratio (else 1) before ``gan_weight``.
-        lr, disc_lr, betas, weight_decay: AdamW settings (``disc_lr`` defaults to ``lr``).
+        lr, disc_lr, betas, weight_decay: AdamW settings (``disc_lr`` defaults to ``lr``). The learning rate
+            is constant (no scheduler).
         grad_clip: max gradient norm for each optimiser (0 disables).
-        ema_decay, ema_warmup: EMA of the tokenizer weights (see :class:`~grn.models.ema.EMA`).
+        ema_decay, ema_warmup: EMA of the tokenizer weights (see :class:`~grn.models.ema.EMA`), updated after
+            every tokenizer update.
         quantize: decode the HBQ-quantised latent (straight-through) rather than the continuous one.
+        disc_weight: factor on the discriminator's hinge loss (official ``image_disc_weight``).
+        disc_weight_decay: AdamW weight decay of every discriminator parameter (None: ``weight_decay``).
+        decay_1d_and_bias: apply ``weight_decay`` to all tokenizer parameters (True) or, as the released
+            recipe does, only to those with ``ndim >= 2`` that are not biases (False).
+        joint_update: ``"joint"``: one tokenizer and one discriminator update per batch, each loss the mean
+            over the batch's parts; ``"per_batch"``: the released rule (facts D7), one tokenizer and one
+            discriminator update per part (image, then video), each on that part alone.
     """
 
     # each backward reaches only one of the two networks: DDP must look for unused parameters (train.py sets it)
@@ -89,8 +121,14 @@ class TokenizerLitModule(CheckedLoad, L.LightningModule):
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
         quantize: bool = True,
+        disc_weight: float = 1.0,
+        disc_weight_decay: float | None = None,
+        decay_1d_and_bias: bool = True,
+        joint_update: str = "joint",
     ):
         super().__init__()
+        if joint_update not in JOINT_UPDATES:
+            raise ValueError(f"joint_update must be one of {JOINT_UPDATES}, got {joint_update!r}")
         # plain containers in the checkpoint's hyper_parameters (save_hyperparameters reads these locals)
         tokenizer, discriminator, lpips = plain_config(tokenizer), plain_config(discriminator), plain_config(lpips)
         betas = tuple(float(b) for b in betas)
@@ -135,36 +173,70 @@ class TokenizerLitModule(CheckedLoad, L.LightningModule):
 
     # ---------------------------------------------------------------------------------------------- training
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        hp = self.hparams
         parts = self._parts(batch)
-        opt_g, opt_d = self.optimizers()
-        use_gan = self._gan_active()
-        device = parts[0][1].device
         n_samples = sum(x.shape[0] for _, x in parts)
+        if self.hparams.joint_update == "joint":
+            updates = [parts]
+        else:  # the released rule: each part gets its own tokenizer and discriminator update
+            updates = [[part] for part in parts]
+        use_gan = self._gan_active()  # decided once per batch, before its first (counted) update
+        terms: dict[str, dict[str, torch.Tensor]] = {}
+        losses, gan_weights = [], []
+        for i, update_parts in enumerate(updates):
+            loss, gan_weight = self._update(update_parts, terms, use_gan, counted=i == 0)
+            losses.append(loss)
+            gan_weights.append(gan_weight)
+        logs: dict[str, torch.Tensor] = {}
+        for name, per_part in terms.items():
+            self._mean_over_parts(per_part, logs, name)
+        logs["train/gan_weight"] = torch.stack(gan_weights).mean()
+        loss = torch.stack(losses).mean()
+        self.log_dict(logs, batch_size=n_samples)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n_samples)
+        return loss
+
+    def _update(
+        self,
+        parts: list[tuple[str, torch.Tensor]],
+        terms: dict[str, dict[str, torch.Tensor]],
+        use_gan: bool,
+        counted: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One tokenizer update and (once the GAN is on) one discriminator update on ``parts``.
+
+        Each loss is the mean of its per-part terms, which are recorded (detached) in
+        ``terms[name][part]``. ``counted``: step the tokenizer's optimiser through Lightning, which counts it
+        in ``global_step`` (one per batch); otherwise through the strategy, like the discriminator's.
+        Returns the detached tokenizer loss and the GAN weight used.
+        """
+        hp = self.hparams
+        opt_g, opt_d = self.optimizers()
+        device = parts[0][1].device
+
+        def mean(name: str, per_part: dict[str, torch.Tensor]) -> torch.Tensor:
+            terms.setdefault(name, {}).update({k: v.detach() for k, v in per_part.items()})
+            return torch.stack(list(per_part.values())).mean()
 
         # generator (tokenizer) step; the discriminator is frozen meanwhile so it collects no gradients
         self.toggle_optimizer(opt_g)
         recs = {key: self.tokenizer(x, quantize=hp.quantize)[0] for key, x in parts}
-        logs: dict[str, torch.Tensor] = {}
-        l1 = self._mean_over_parts({k: (recs[k] - x).abs().mean() for k, x in parts}, logs, "l1")
-        nll = hp.l1_weight * l1
+        nll = hp.l1_weight * mean("l1", {k: (recs[k] - x).abs().mean() for k, x in parts})
         if self.lpips is not None:  # per frame: the LPIPS wrapper folds a video's time into its batch
-            lp = self._mean_over_parts({k: self.lpips(recs[k], x).mean() for k, x in parts}, logs, "lpips")
-            nll = nll + hp.lpips_weight * lp
+            nll = nll + hp.lpips_weight * mean("lpips", {k: self.lpips(recs[k], x).mean() for k, x in parts})
         loss, gan_weight = nll, torch.zeros((), device=device)
         if use_gan:
-            g_adv = self._mean_over_parts(
-                {k: generator_adv_loss(self.discriminator(_frames(recs[k]))) for k, _ in parts}, logs, "gan_g"
-            )
+            g_adv = mean("gan_g", {k: generator_adv_loss(self.discriminator(_frames(recs[k]))) for k, _ in parts})
             if hp.adaptive_gan_weight:
                 gan_weight = hp.gan_weight * adaptive_weight(nll, g_adv, self.tokenizer.last_layer)
             else:
                 gan_weight = torch.full((), float(hp.gan_weight), device=device)
             loss = nll + gan_weight * g_adv
-        logs["train/gan_weight"] = gan_weight
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        opt_g.step()  # counted: global_step += 1
+        if counted:
+            opt_g.step()  # counted: global_step += 1
+        else:
+            self.trainer.strategy.optimizer_step(opt_g.optimizer, closure=_no_closure)
         self.untoggle_optimizer(opt_g)
         self.ema.update(self.tokenizer)
 
@@ -174,17 +246,14 @@ class TokenizerLitModule(CheckedLoad, L.LightningModule):
                 k: hinge_d_loss(self.discriminator(_frames(x)), self.discriminator(_frames(recs[k].detach())))
                 for k, x in parts
             }
-            d_loss = self._mean_over_parts(d_terms, logs, "gan_d")
+            d_loss = hp.disc_weight * mean("gan_d", d_terms)
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             # Through the strategy (precision plugin: AMP scaling, clipping hook) but not through
             # LightningOptimizer.step, which would count a second optimizer step per batch.
             self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=_no_closure)
             self.untoggle_optimizer(opt_d)
-
-        self.log_dict(logs, batch_size=n_samples)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n_samples)
-        return loss.detach()
+        return loss.detach(), gan_weight.detach()
 
     def on_fit_start(self) -> None:
         # Each backward uses only one of the two models, so DDP must be told to skip the other's gradients.
@@ -196,8 +265,22 @@ class TokenizerLitModule(CheckedLoad, L.LightningModule):
             )
 
     def configure_model(self) -> None:
+        self._sync_batch_norm()
         # FSDP2 (trainer=fsdp) shards the two trained networks and the EMA; the frozen LPIPS net stays whole
         shard_module(self, [self.tokenizer, self.discriminator], [(self.ema, self.tokenizer)])
+
+    def _sync_batch_norm(self) -> None:
+        """Under multi-GPU DDP, batch statistics of the discriminator are computed over all ranks
+        (SyncBatchNorm, as in the released run); on CPU ranks (gloo) each rank keeps its own, with a log line."""
+        if not uses_batch_statistics(self.discriminator) or self._trainer is None:
+            return
+        strategy = self.trainer.strategy
+        if getattr(strategy, "world_size", 1) <= 1:
+            return
+        if strategy.root_device.type == "cpu":
+            log.warning("discriminator norm=batch on CPU ranks: batch statistics are per rank (no SyncBatchNorm)")
+            return
+        self.discriminator = to_sync_batch_norm(self.discriminator)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Runs for both optimisers after AMP unscaling, so the norm is that of the true gradients.
@@ -209,13 +292,13 @@ class TokenizerLitModule(CheckedLoad, L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         opt_g = torch.optim.AdamW(
-            self.tokenizer.parameters(), lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay
+            weight_decay_groups(self.tokenizer, hp.weight_decay, hp.decay_1d_and_bias), lr=hp.lr, betas=hp.betas
         )
         opt_d = torch.optim.AdamW(
             self.discriminator.parameters(),
             lr=hp.disc_lr if hp.disc_lr is not None else hp.lr,
             betas=hp.betas,
-            weight_decay=hp.weight_decay,
+            weight_decay=hp.weight_decay if hp.disc_weight_decay is None else hp.disc_weight_decay,
         )
         return [opt_g, opt_d]
 

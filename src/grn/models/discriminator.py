@@ -4,12 +4,44 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["PatchDiscriminator"]
+__all__ = ["PatchDiscriminator", "BatchStatNorm", "NORMS", "uses_batch_statistics", "to_sync_batch_norm"]
+
+NORMS = ("group", "batch", "none")
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
     groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
     return nn.GroupNorm(groups, channels)
+
+
+class BatchStatNorm(nn.Module):
+    """Batch normalisation from the statistics of the batch at hand, in training and in eval alike: the
+    official discriminator's ``Normalize(norm_type="batch")`` (``nn.SyncBatchNorm(C,
+    track_running_stats=False)``, facts D4). ``[B, C, H, W]`` → same shape.
+
+    The layer sits in ``.norm``, so the keys are the official ``main.<i>.norm.{weight,bias}``; there are no
+    buffers. It is a plain ``BatchNorm2d`` (which also runs on the CPU) until :func:`to_sync_batch_norm` turns it
+    into a ``SyncBatchNorm`` for multi-GPU DDP.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, track_running_stats=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x)
+
+
+def uses_batch_statistics(module: nn.Module) -> bool:
+    """Whether ``module`` holds a batch-statistics norm (``norm="batch"``)."""
+    return any(isinstance(m, BatchStatNorm) for m in module.modules())
+
+
+def to_sync_batch_norm(module: nn.Module) -> nn.Module:
+    """``module`` with every batch norm made a ``SyncBatchNorm`` (statistics over all ranks, as the official
+    DDP run has them); keys, parameters and ``track_running_stats=False`` stay. SyncBatchNorm needs GPU
+    tensors, so callers convert only on GPU ranks."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
 
 class PatchDiscriminator(nn.Module):
@@ -19,24 +51,28 @@ class PatchDiscriminator(nn.Module):
     first without norm), then two stride-1 4×4 convs, so ``h = H / 2^n - 2`` (H ≥ 2^n · 3 for a non-empty map;
     n = 3 on 256² gives 30×30 patches of 70×70 pixels).
 
-    Batch norm is replaced by GroupNorm (``norm="group"``) or nothing (``norm="none"``): batch statistics
-    would make the logits depend on the rest of the batch, break at batch 1 and differ per rank under DDP.
+    Norms after the stride-2/1 convs (not the first): ``norm="group"`` (GroupNorm, the default here) or
+    ``"none"`` keep each sample's logits independent of the rest of the batch (batch statistics break at batch
+    1 and differ per rank unless synced). ``norm="batch"`` is the released recipe's :class:`BatchStatNorm`
+    (statistics of the current batch only, real and fake forwarded separately), with the official keys
+    ``main.{0,2,3.norm,5,6.norm,8,9.norm,11}`` and the same 2,765,633 parameters at the defaults.
     """
 
     def __init__(
         self, in_channels: int = 3, base_channels: int = 64, num_layers: int = 3, norm: str = "group"
     ):
         super().__init__()
-        if norm not in ("group", "none"):
-            raise ValueError(f"norm must be 'group' or 'none', got {norm!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        use_norm = norm == "group"
+        use_norm = norm != "none"
+        make_norm = _group_norm if norm == "group" else BatchStatNorm
 
         def block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
             layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, stride=stride, padding=1, bias=not use_norm)]
             if use_norm:
-                layers.append(_group_norm(c_out))
+                layers.append(make_norm(c_out))
             return layers + [nn.LeakyReLU(0.2, inplace=True)]
 
         layers: list[nn.Module] = [
@@ -53,6 +89,7 @@ class PatchDiscriminator(nn.Module):
         layers.append(nn.Conv2d(out, 1, 4, stride=1, padding=1))
         self.main = nn.Sequential(*layers)
         self.num_layers = num_layers
+        self.norm_type = norm
         self.min_size = 2**num_layers * 3
         self.reset_parameters()
 
@@ -63,7 +100,7 @@ class PatchDiscriminator(nn.Module):
                 nn.init.normal_(m.weight, 0.0, 0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.GroupNorm):
+            elif isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)):
                 nn.init.normal_(m.weight, 1.0, 0.02)
                 nn.init.zeros_(m.bias)
 
