@@ -47,9 +47,9 @@ def test_no_scheduler_is_a_constant_lr_and_zero_warmup_is_constant_too():
 
 def test_decay_groups_and_a_non_partial_optimizer_is_an_error():
     lin = torch.nn.Linear(3, 2)
-    groups = decay_groups(lin.parameters())
+    groups = decay_groups(lin)
     assert [len(g["params"]) for g in groups] == [1, 1] and groups[1]["weight_decay"] == 0.0
-    assert len(decay_groups(lin.parameters(), no_decay_1d=False)) == 1
+    assert len(decay_groups(lin, no_decay_1d=False)) == 1
     with pytest.raises(ValueError, match="_partial_: true"):
         build_optimizer({"_target_": "torch.optim.AdamW", "params": [torch.nn.Parameter(torch.zeros(1))]},
                         groups, lr=1e-3)

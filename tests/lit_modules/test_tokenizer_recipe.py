@@ -6,7 +6,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from grn.lit_modules.tokenizer import weight_decay_groups
+from grn.lit_modules.optim import decay_groups
 from grn.models.discriminator import PatchDiscriminator, to_sync_batch_norm
 from grn.models.ema import EMA
 from grn.models.tokenizer import HBQTokenizer
@@ -63,7 +63,7 @@ def test_batch_statistics_discriminator_is_the_released_one():
 
 def test_released_weight_decay_rule_on_the_tokenizer():
     tok = HBQTokenizer(**{k: v for k, v in TINY_TOKENIZER.items() if k != "_target_"})
-    decay, no_decay = weight_decay_groups(tok, 0.01, decay_1d_and_bias=False)
+    decay, no_decay = decay_groups(tok, no_decay_1d=True, weight_decay=0.01)
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
     names = {id(p): n for n, p in tok.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
@@ -73,7 +73,7 @@ def test_released_weight_decay_rule_on_the_tokenizer():
     assert "encoder.conv1.weight" in decayed and "encoder.conv1.bias" in skipped
     # RMSNorm scales are [C, 1, 1, 1] as in the official files, so (like there) they are decayed
     assert "encoder.head.0.gamma" in decayed
-    (everything,) = weight_decay_groups(tok, 0.0)
+    (everything,) = decay_groups(tok, no_decay_1d=False, weight_decay=0.0)
     assert len(everything["params"]) == len(names) and everything["weight_decay"] == 0.0
 
 

@@ -12,7 +12,7 @@ passes it in, so one config serves every world size.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -23,17 +23,22 @@ def adamw(**kwargs: Any) -> dict[str, Any]:
     return {"_target_": "torch.optim.AdamW", "_partial_": True, **kwargs}
 
 
-def decay_groups(params: Iterable[torch.nn.Parameter], no_decay_1d: bool = True) -> list[dict[str, Any]]:
-    """Parameter groups: matrices (ndim ≥ 2) take the optimiser's weight decay; 1-D parameters and biases get 0
-    when ``no_decay_1d`` (the usual AdamW rule of the official recipes)."""
+def decay_groups(module: torch.nn.Module, no_decay_1d: bool = True,
+                 weight_decay: float | None = None) -> list[dict[str, Any]]:
+    """AdamW parameter groups of ``module``'s trainable parameters: matrices (ndim ≥ 2, not a bias) are decayed;
+    with ``no_decay_1d`` 1-D parameters and biases form a group with weight decay 0 (the usual AdamW rule, and
+    the released tokenizer's, facts D5), else everything is decayed. ``weight_decay`` sets the decayed group's
+    value; None leaves it to the optimiser's own setting. Empty groups are left out."""
     decay, no_decay = [], []
-    for p in params:
+    for name, p in module.named_parameters():
         if p.requires_grad:
-            (no_decay if no_decay_1d and p.ndim <= 1 else decay).append(p)
-    groups: list[dict[str, Any]] = [{"params": decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+            exempt = no_decay_1d and (p.ndim <= 1 or name.endswith("bias"))
+            (no_decay if exempt else decay).append(p)
+    decayed: dict[str, Any] = {"params": decay}
+    if weight_decay is not None:
+        decayed["weight_decay"] = weight_decay
+    groups = [decayed, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(config: Mapping[str, Any], groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:

@@ -64,7 +64,7 @@ class RefinementLitModule(CheckedLoad, L.LightningModule):
     def configure_optimizers(self):
         """The ``_partial_`` optimiser over the (sharded) network, 1-D parameters and biases without weight decay,
         at :meth:`learning_rate`; the ``_partial_`` LR schedule stepped every optimiser step."""
-        opt = build_optimizer(self.hparams.optimizer, decay_groups(self.net.parameters()), self.learning_rate())
+        opt = build_optimizer(self.hparams.optimizer, decay_groups(self.net), self.learning_rate())
         sched = build_scheduler(self.hparams.get("lr_scheduler"), opt)
         return {"optimizer": opt, "lr_scheduler": sched} if sched else opt
 

@@ -23,32 +23,18 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from grn.distributed.fsdp import is_sharded, reshard, shard_module
 from grn.lit_modules.config import CheckedLoad, plain_config
+from grn.lit_modules.optim import decay_groups
 from grn.models.discriminator import to_sync_batch_norm, uses_batch_statistics
 from grn.models.ema import EMA
 from grn.losses.adversarial import adaptive_weight, generator_adv_loss, hinge_d_loss
 from grn.losses.perceptual import build_lpips
 from grn.models.tokenizer import HBQTokenizer
 
-__all__ = ["TokenizerLitModule", "JOINT_UPDATES", "weight_decay_groups"]
+__all__ = ["TokenizerLitModule", "JOINT_UPDATES"]
 
 log = logging.getLogger(__name__)
 
 JOINT_UPDATES = ("joint", "per_batch")
-
-
-def weight_decay_groups(
-    module: torch.nn.Module, weight_decay: float, decay_1d_and_bias: bool = True
-) -> list[dict[str, Any]]:
-    """AdamW parameter groups for ``module``: one group decayed by ``weight_decay`` and, unless
-    ``decay_1d_and_bias``, one with weight decay 0 holding the 1-D parameters and the biases (the released
-    tokenizer rule, facts D5: ``ndim >= 2`` and not a bias is decayed). Empty groups are left out."""
-    if decay_1d_and_bias:
-        return [{"params": list(module.parameters()), "weight_decay": weight_decay}]
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        (decay if p.ndim >= 2 and not name.endswith("bias") else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
 
 
 def _frames(x: torch.Tensor) -> torch.Tensor:
@@ -292,7 +278,7 @@ class TokenizerLitModule(CheckedLoad, L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         opt_g = torch.optim.AdamW(
-            weight_decay_groups(self.tokenizer, hp.weight_decay, hp.decay_1d_and_bias), lr=hp.lr, betas=hp.betas
+            decay_groups(self.tokenizer, not hp.decay_1d_and_bias, hp.weight_decay), lr=hp.lr, betas=hp.betas
         )
         opt_d = torch.optim.AdamW(
             self.discriminator.parameters(),
