@@ -11,6 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+# slow: one real train.py run (tokenizer + GRN on digits, ~35 s of setup) shared by the CLI tests; make test-slow
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 FAST = [
     "experiment=quickstart",
