@@ -9,6 +9,8 @@ downloadable is one line naming it and where to put it.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,3 +87,45 @@ def hub_folder(repo_id: str, folder: str, cache_dir: str | Path | None = None) -
     if not (root / folder).is_dir():
         raise _missing(repo_id, f"{folder}/", FileNotFoundError(folder))
     return root / folder
+
+
+# --- grn's own hub format (grn.checkpoints.pretrained): a local folder or a model repo of any owner -----------------
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def is_repo_id(source: str | Path) -> bool:
+    """``owner/name`` that is not an existing local path and does not name a checkpoint file."""
+    text = str(source)
+    return (bool(_REPO_ID.match(text)) and not Path(text).exists()
+            and not text.endswith((".ckpt", ".pth", ".pt", ".safetensors", ".json")))
+
+
+def pretrained_resolver(source: str | Path, cache_dir: str | Path | None = None) -> Callable[[str], Path]:
+    """``resolve(name) -> local path`` of the files of a saved pipeline: in the folder ``source``, or (a repo id)
+    through the hub cache, downloading unless offline. A missing file is one line naming it and where it goes."""
+    if is_repo_id(source):
+        return lambda name: hub_file(str(source), name, cache_dir)
+    folder = Path(source)
+
+    def resolve(name: str) -> Path:
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {folder} is not a complete saved grn pipeline (put {name} "
+                                    "there: pipe.save_pretrained(folder) writes it)")
+        return path
+
+    return resolve
+
+
+def push_folder(folder: str | Path, repo_id: str, token: str | None = None, private: bool | None = None,
+                commit_message: str = "Upload grn pipeline") -> str:
+    """Upload ``folder`` to the model repo ``repo_id`` (created if missing) with ``huggingface_hub.HfApi``;
+    ``token``: None uses the login of ``huggingface-cli login`` / ``HF_TOKEN``. Returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                             commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))
