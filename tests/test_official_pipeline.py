@@ -34,22 +34,28 @@ def populate(cache, files: dict[str, object]) -> None:
         content(path) if callable(content) else torch.save(content, path)
 
 
-@pytest.fixture(scope="module")
-def hub_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("hf") / "hub"
+def official_release_files() -> dict[str, object]:
+    """Tiny stand-ins of the official T2I 2B / T2V 8B generators, the tokenizer and the umT5 encoder, by repo path
+    (seeded: the same files every call)."""
     torch.manual_seed(0)
     text = tiny_text_encoder(dim=32, num_layers=1, num_heads=4, seed=3)
     net = build_t2iv("tiny", latent_dim=4, hbq_rounds=4, target="bits", text_dim=32, block_chunks=2)
     state = {k: torch.randn_like(v) * 0.3 + (1.0 if "norm" in k else 0.0) for k, v in net.state_dict().items()}
     official = to_official_keys(state, block_chunks=2)
     tok = HBQTokenizer(**TINY_TOKENIZER).eval()
-    populate(cache, {
+    return {
         GENERATOR_FILES[("T2I", "GRN2b")]: official,
         GENERATOR_FILES[("T2V", "GRN8b")]: {"trainer": {"gpt_fsdp": official}},
         TOKENIZER_FILE: {"ema": tok.state_dict()},
         TEXT_ENCODER_WEIGHTS: hf_to_wan_t5(text.model.state_dict()),
         TEXT_ENCODER_TOKENIZER: lambda p: text.tokenizer.save_pretrained(p),
-    })
+    }
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("hf") / "hub"
+    populate(cache, official_release_files())
     return cache
 
 
