@@ -4,6 +4,7 @@ official layouts, is called with the official argument names, honours the seed, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import numpy as np
@@ -59,16 +60,26 @@ def hub_cache(tmp_path_factory):
     return cache
 
 
-@pytest.fixture
-def offline(hub_cache, monkeypatch):
+@contextlib.contextmanager
+def offline_cache(cache, monkeypatch):
+    """``HF_HUB_OFFLINE=1`` with the hub cache in ``cache`` (created) for the block; yields ``cache``."""
+    cache.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     import huggingface_hub.constants as C
 
     importlib.reload(C)  # the hub reads these variables at import
-    yield hub_cache
-    monkeypatch.undo()
-    importlib.reload(C)
+    try:
+        yield cache
+    finally:
+        monkeypatch.undo()
+        importlib.reload(C)
+
+
+@pytest.fixture
+def offline(hub_cache, monkeypatch):
+    with offline_cache(hub_cache, monkeypatch):
+        yield hub_cache
 
 
 def test_t2i_official_call_resolves_files_and_honours_the_seed(offline):

@@ -6,7 +6,6 @@ tiny and untrained (built, not trained)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import sys
@@ -20,11 +19,12 @@ from grn.pipeline import GRNPipeline
 from grn.sampling.config import SamplerConfig
 from grn.text_pipeline import TextPipeline
 from script_loader import load_script
+from test_official_pipeline import offline_cache, official_release_files, populate
 
 sys.path.insert(0, str(Path(__file__).parent / "entrypoints"))
 from eval_fixtures import make_checkpoints  # noqa: E402
 
-SAMPLER = {"num_steps": 3, "cfg_scale": 2.0, "cfg_interval": [0.2, 1.0], "temperature": 0.9}
+SAMPLER = {"num_steps": 2, "cfg_scale": 2.0, "cfg_interval": [0.2, 1.0], "temperature": 0.9}
 METRICS = {"conditional_accuracy": 0.625, "digits_fid": 12.25, "settings": {"num_per_class": 5}}
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
 
@@ -93,16 +93,8 @@ def populate_cache(cache: Path, repo_id: str, folder: Path, drop: tuple[str, ...
 
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    import huggingface_hub.constants as C
-
-    importlib.reload(C)  # the hub reads these variables at import
-    yield cache
-    monkeypatch.undo()
-    importlib.reload(C)
+    with offline_cache(tmp_path / "hub", monkeypatch) as cache:
+        yield cache
 
 
 def test_c2i_round_trip_gives_the_same_samples_and_never_unpickles(saved_c2i, monkeypatch):
@@ -135,7 +127,7 @@ def test_model_card_names_the_metrics_data_and_grid(saved_c2i):
     front = card.split("---")[1]
     assert card.startswith("---\n") and "library_name: grn" in front and "digits_shards" in front
     assert "| `conditional_accuracy` | 0.625 |" in card and "| `digits_fid` | 12.25 |" in card
-    assert "![samples](samples.png)" in card and "experiment: `quickstart`" in card and "num_steps: 3" in card
+    assert "![samples](samples.png)" in card and "experiment: `quickstart`" in card and "num_steps: 2" in card
     grid = Image.open(folder / "samples.png")
     assert grid.size == (10 * (32 + 2) + 2, 32 + 4)  # ten classes in a row, 2 px padding
     config = json.loads((folder / "config.json").read_text())
@@ -276,7 +268,6 @@ def test_an_official_pipeline_saves_its_umt5_encoder_as_a_hub_reference(offline,
     as safetensors, the encoder as where to get it; loading resolves it through the cache and samples the same."""
     from grn.hub import OFFICIAL_REPO
     from grn.models import text_encoder as te
-    from test_official_pipeline import official_release_files, populate
 
     populate(offline, official_release_files())
     official = GRNPipeline.from_pretrained(hf_repo_id=OFFICIAL_REPO, task="T2I", pn="0.06M")
