@@ -5,6 +5,9 @@ the 8B T2I file ``GRN_T2I_titan_FSA_256x256.pth``, which the official pipeline c
 :func:`hub_file` / :func:`hub_folder` resolve them through ``huggingface_hub`` with its normal cache
 (``HF_HOME`` / ``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads the cache only). A file that is neither cached nor
 downloadable is one line naming it and where to put it.
+
+grn's own hub format (:mod:`grn.checkpoints.pretrained`) is found the same way: :func:`pretrained_resolver` gives the
+files of a saved folder or of a repo id, and :func:`push_folder` uploads one with ``huggingface_hub.HfApi``.
 """
 
 from __future__ import annotations
