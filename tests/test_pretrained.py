@@ -165,7 +165,7 @@ def test_offline_hub_cache_round_trip_and_missing_files(saved_c2i, offline):
         GRNPipeline.from_pretrained("someone/half")
     msg = str(err.value)
     assert "tokenizer/model.safetensors of someone/half" in msg and str(offline) in msg and "\n" not in msg
-    with pytest.raises(FileNotFoundError, match="config.json of someone/absent"):
+    with pytest.raises(FileNotFoundError, match="config.json of someone/absent .* no local path either"):
         GRNPipeline.from_pretrained("someone/absent")
 
 
@@ -175,6 +175,8 @@ def test_a_saved_folder_missing_a_file_is_one_line(saved_c2i, tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         GRNPipeline.from_pretrained(folder)
     assert "tokenizer/config.json not found" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="tokenizer_ckpt= does not apply"):
+        GRNPipeline.from_pretrained(saved_c2i[1], tokenizer_ckpt="other.ckpt")
 
 
 def _edit_config(folder: Path, edit, name: str = "config.json") -> None:

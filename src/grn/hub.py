@@ -108,7 +108,13 @@ def pretrained_resolver(source: str | Path, cache_dir: str | Path | None = None)
     """``resolve(name) -> local path`` of the files of a saved pipeline: in the folder ``source``, or (a repo id)
     through the hub cache, downloading unless offline. A missing file is one line naming it and where it goes."""
     if is_repo_id(source):
-        return lambda name: hub_file(str(source), name, cache_dir)
+        def from_hub(name: str) -> Path:
+            try:
+                return hub_file(str(source), name, cache_dir)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"{err} ({source} is no local path either)") from None
+
+        return from_hub
     folder = Path(source)
 
     def resolve(name: str) -> Path:

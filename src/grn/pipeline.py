@@ -115,6 +115,8 @@ class GRNPipeline(HubMixin):
             raise ValueError("from_pretrained needs a checkpoint path or hf_repo_id=<hub repo>")
         task = task.lower() if isinstance(task, str) else task
         if is_repo_id(ckpt) or (Path(ckpt).is_dir() and (Path(ckpt) / "config.json").is_file()):
+            if tokenizer_ckpt is not None:
+                raise ValueError(f"{ckpt} is a saved pipeline with its own tokenizer: tokenizer_ckpt= does not apply")
             return cls._from_saved(ckpt, task, device, cache_dir, text_encoder)
         if task is None:
             path = require_checkpoint_file(ckpt, "generator")
