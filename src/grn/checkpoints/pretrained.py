@@ -74,13 +74,13 @@ def config_of(module: nn.Module, what: str) -> dict[str, Any]:
     return json.loads(json.dumps(dict(cfg)))  # tuples -> lists: exactly what config.json will hold
 
 
-def _tied_groups(state: Mapping[str, torch.Tensor]) -> list[list[str]]:
-    """State-dict names grouped by the tensor they share (tied weights, e.g. an encoder's two embedding names),
-    in state-dict order; safetensors stores each shared tensor once."""
-    groups: dict[tuple, list[str]] = {}
-    for name, t in state.items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-        groups.setdefault(key, []).append(name)
+def _tied_groups(module: nn.Module) -> list[list[str]]:
+    """State-dict names grouped by the parameter or buffer they name (tied weights, e.g. an encoder's two
+    embedding names), in state-dict order; safetensors stores each shared tensor once. By identity, so that it
+    holds on the meta device too."""
+    groups: dict[int, list[str]] = {}
+    for name, t in module.state_dict(keep_vars=True).items():
+        groups.setdefault(id(t), []).append(name)
     return list(groups.values())
 
 
@@ -89,13 +89,14 @@ def save_weights(module: nn.Module, path: Path) -> Path:
     from safetensors.torch import save
 
     state = module.state_dict()
-    tensors = {names[0]: state[names[0]].detach().cpu().contiguous() for names in _tied_groups(state)}
+    tensors = {names[0]: state[names[0]].detach().cpu().contiguous() for names in _tied_groups(module)}
     return atomic_write_bytes(save(tensors, metadata={"format": "pt"}), path)
 
 
-def load_weights(module: nn.Module, path: Path) -> nn.Module:
+def load_weights(module: nn.Module, path: Path, assign: bool = False) -> nn.Module:
     """Load safetensors ``path`` into ``module`` after checking every name and shape (one line naming the file and
-    the first missing, unexpected or mis-shaped tensor); returns ``module``."""
+    the first missing, unexpected or mis-shaped tensor); returns ``module``. ``assign``: the file's tensors
+    (memory-mapped, in their stored dtype) become the parameters, as for a module built on the meta device."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -106,7 +107,7 @@ def load_weights(module: nn.Module, path: Path) -> nn.Module:
         raise ValueError(f"{path}: cannot read these weights ({type(err).__name__}: {detail}): the file is damaged "
                          "or not safetensors; download or save it again") from None
     state = module.state_dict()
-    groups = _tied_groups(state)
+    groups = _tied_groups(module)
     missing = [names[0] for names in groups if not any(n in stored for n in names)]
     unexpected = sorted(set(stored) - set(state))
     wrong = [k for k in stored if k in state and tuple(stored[k].shape) != tuple(state[k].shape)]
@@ -119,7 +120,10 @@ def load_weights(module: nn.Module, path: Path) -> nn.Module:
             k = wrong[0]
             what = f"{k} has shape {list(stored[k].shape)}, the network {list(state[k].shape)}"
         raise ValueError(f"{path}: the weights do not fit the network its config.json builds: {what}")
-    module.load_state_dict(stored, strict=False)  # checked above; tied names not in the file share the tensor
+    for names in groups:  # every name of a tied tensor gets the one stored copy
+        present = next(n for n in names if n in stored)
+        stored.update({n: stored[present] for n in names})
+    module.load_state_dict(stored, strict=True, assign=assign)
     return module
 
 
@@ -148,9 +152,16 @@ def _read_config(resolve: Resolve, name: str, keys: tuple[set[str], set[str]]) -
 
 
 def _build(resolve: Resolve, folder: str, cfg: Any, kinds: set[str], config_file: Path, where: str) -> nn.Module:
-    module = build_from_config(cfg, kinds, config_file, where)
-    module.grn_config = cfg  # so that a loaded pipeline can be saved again
-    return load_weights(module, resolve(f"{folder}{WEIGHTS}")).eval()
+    """The module ``cfg`` describes with the weights of ``folder/model.safetensors``. Built on the meta device
+    (no random init, no second copy of a multi-GB network: the file's tensors are assigned) unless it makes
+    buffers in its constructor that the file does not hold (e.g. RoPE tables): then built for real."""
+    weights = resolve(f"{folder}{WEIGHTS}")
+    with torch.device("meta"):
+        module = build_from_config(cfg, kinds, config_file, where)
+    kept = set(module.state_dict())
+    if all(name in kept for name, _ in module.named_buffers()):
+        return load_weights(module, weights, assign=True).eval()
+    return load_weights(build_from_config(cfg, kinds, config_file, where), weights).eval()
 
 
 def _read_text_encoder(resolve: Resolve, cache_dir: Any) -> nn.Module:
