@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "grn"
 # the packages and modules below the training modules
 BELOW_LIT = ("datamodules", "models", "distributed", "callbacks", "sampling", "metrics", "checkpoints", "losses",
              "hbq.py", "objective.py", "precision.py", "io.py", "pipeline.py", "text_pipeline.py",
-             "pipeline_output.py", "prompts.py")
+             "pipeline_output.py", "prompts.py", "pipeline_hub.py", "model_card.py", "hub.py")
 
 
 def module_name(path: Path) -> str:

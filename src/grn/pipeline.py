@@ -5,6 +5,8 @@
     pipe = GRNPipeline.from_pretrained("runs/quickstart/c2i/checkpoints/last.ckpt")
     out = pipe([3, 3, 7], seed=0, num_steps=30, cfg_scale=2.0)
     out.images  # float [3, 3, 32, 32] in [-1, 1]
+    pipe.save_pretrained("grn-digits")                  # the hub format (grn.pipeline_hub), loaded back with
+    pipe = GRNPipeline.from_pretrained("grn-digits")    # from_pretrained(folder or "owner/name")
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch.nn.functional as F
 from rich.progress import Progress
 
 from grn.checkpoints import load_generator, load_tokenizer
+from grn.hub import is_repo_id
 from grn.models.generator import GRN
+from grn.pipeline_hub import HubMixin
 from grn.pipeline_output import PipelineOutput
 from grn.sampling.config import SamplerConfig
 from grn.sampling.entry import sample_labels
@@ -25,8 +29,12 @@ from grn.sampling.entry import sample_labels
 __all__ = ["GRNPipeline", "PipelineOutput"]
 
 
-class GRNPipeline:
-    """A trained generator and the frozen tokenizer that decodes its labels."""
+class GRNPipeline(HubMixin):
+    """A trained generator and the frozen tokenizer that decodes its labels. ``sampler``: the settings a call
+    starts from (None: :class:`SamplerConfig`'s defaults; a saved pipeline loads with the ones it was saved with);
+    ``origin``: where it was loaded from (for :meth:`save_pretrained`'s model card)."""
+
+    task = "c2i"
 
     def __init__(
         self,
@@ -37,6 +45,8 @@ class GRNPipeline:
     ):
         self.device = torch.device(device)
         self.tokenizer_ckpt = tokenizer_ckpt  # where the tokenizer came from, for records
+        self.sampler: SamplerConfig | None = None
+        self.origin: dict[str, Any] = {}
         self.generator = generator.to(self.device).eval()
         self.tokenizer = tokenizer.to(self.device).eval()
         if tokenizer.latent_dim != generator.latent_dim or tokenizer.hbq_rounds != generator.hbq_rounds:
@@ -59,7 +69,9 @@ class GRNPipeline:
         if not tok_path:
             raise ValueError(f"{ckpt} records no tokenizer checkpoint: pass tokenizer_ckpt=<path>")
         tokenizer = load_tokenizer(tok_path)
-        return cls(net, tokenizer, device, tokenizer_ckpt=str(tok_path))
+        pipe = cls(net, tokenizer, device, tokenizer_ckpt=str(tok_path))
+        pipe.origin = {"ckpt": str(ckpt), "tokenizer_ckpt": str(tok_path), "hparams": hp}
+        return pipe
 
     @classmethod
     def from_pretrained(
@@ -80,6 +92,11 @@ class GRNPipeline:
         (:class:`grn.text_pipeline.TextPipeline`). ``task=None`` reads it from the checkpoint (a text-conditioned
         checkpoint defaults to ``t2i``; pass ``t2v`` / ``i2v`` for clips).
 
+        ``ckpt`` is a training checkpoint (or export, or official C2I file), or a pipeline saved with
+        :meth:`save_pretrained`: its folder, or a Hugging Face repo id ``owner/name`` (resolved through the hub
+        cache; ``cache_dir`` overrides it; offline, a file not cached is one line naming it). A saved text model
+        brings its caption encoder unless ``text_encoder`` is given.
+
         With ``hf_repo_id`` (the official call, e.g. ``hf_repo_id="bytedance-research/GRN", task="T2V",
         pn="0.41M", model="GRN8b"``), the official release files of (task, model) are resolved through the
         Hugging Face cache and the result is called with the official arguments
@@ -97,6 +114,10 @@ class GRNPipeline:
         if ckpt is None:
             raise ValueError("from_pretrained needs a checkpoint path or hf_repo_id=<hub repo>")
         task = task.lower() if isinstance(task, str) else task
+        if is_repo_id(ckpt) or (Path(ckpt).is_dir() and (Path(ckpt) / "config.json").is_file()):
+            if tokenizer_ckpt is not None:
+                raise ValueError(f"{ckpt} is a saved pipeline with its own tokenizer: tokenizer_ckpt= does not apply")
+            return cls._from_saved(ckpt, task, device, cache_dir, text_encoder)
         if task is None:
             path = require_checkpoint_file(ckpt, "generator")
             hp = read_checkpoint(path, mmap=True).get("hyper_parameters", {})
@@ -106,6 +127,37 @@ class GRNPipeline:
         if task != "c2i":
             raise ValueError(f"unknown task {task!r}; choose c2i, t2i, t2v or i2v")
         return cls.from_checkpoint(ckpt, tokenizer_ckpt, ema, device)
+
+    @classmethod
+    def _from_saved(cls, source: str | Path, task: str | None, device: str | torch.device,
+                    cache_dir: str | Path | None, text_encoder: Any):
+        """A pipeline saved by :meth:`save_pretrained` (folder or repo id); see :meth:`from_pretrained`."""
+        from grn.checkpoints.pretrained import read_pretrained
+        from grn.hub import pretrained_resolver
+        from grn.text_pipeline import TEXT_TASKS, TextPipeline
+
+        parts = read_pretrained(pretrained_resolver(source, cache_dir), text_encoder, cache_dir)
+        task = task or parts.task
+        if (parts.task == "c2i") != (task == "c2i") or task not in (*TEXT_TASKS, "c2i"):
+            raise ValueError(f"{source} holds a {parts.task} model: task={task!r} does not apply "
+                             f"(choose {'c2i' if parts.task == 'c2i' else ', '.join(TEXT_TASKS)})")
+        if task == "c2i":
+            pipe = cls(parts.net, parts.tokenizer, device, tokenizer_ckpt=parts.source.get("tokenizer_ckpt"))
+        else:
+            pipe = TextPipeline(parts.net, parts.text_encoder, parts.tokenizer, task, device,
+                                parts.source.get("tokenizer_ckpt"))
+        pipe.sampler = SamplerConfig.build(parts.sampler)
+        pipe.origin = {**parts.source, "pretrained": str(source)}
+        return pipe
+
+    def hub_network(self) -> GRN:
+        return self.generator
+
+    def grid_images(self, sampler: SamplerConfig, grid: dict[str, Any]) -> tuple[torch.Tensor, str]:
+        """The model card's grid: one sample per class id (default the first ten), seed 0."""
+        classes = list(grid.get("classes", range(min(10, self.generator.num_classes))))
+        images = self(classes, seed=int(grid.get("seed", 0)), sampler=sampler).images
+        return images, f"Classes {classes}, seed {int(grid.get('seed', 0))}, the sampler defaults below."
 
     @property
     def image_size(self) -> int:
@@ -135,11 +187,12 @@ class GRNPipeline:
             init, mask: region re-generation. ``init`` pixels ``[B or 1, 3, H, W]`` in [-1, 1] (an existing image
                 or an earlier sample) and ``mask`` ``[B or 1, 1, H, W]``, nonzero where to regenerate. Tokens
                 outside the (token-rounded) mask keep the encoded labels of ``init`` exactly.
-            sampler: the settings (:class:`~grn.sampling.config.SamplerConfig`, default: its defaults);
+            sampler: the settings (:class:`~grn.sampling.config.SamplerConfig`, default: ``self.sampler``, else
+                its defaults);
             overrides: config keys on top (num_steps, schedule, cfg_scale, cfg_interval, temperature, ...).
                 ``sampler.seed`` is not read: ``seed`` seeds the draws.
         """
-        cfg = SamplerConfig.build(sampler, **overrides)
+        cfg = self.default_sampler(sampler, **overrides)
         y = torch.as_tensor(classes, dtype=torch.long, device=self.device).view(-1)
         if (y < 0).any() or (y >= self.generator.num_classes).any():
             raise ValueError(f"class ids must be in [0, {self.generator.num_classes}), got {y.tolist()}")

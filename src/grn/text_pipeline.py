@@ -17,6 +17,7 @@ from rich.progress import Progress
 from grn import hbq
 from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
+from grn.pipeline_hub import TEXT_GRID_PROMPTS, HubMixin
 from grn.pipeline_output import PipelineOutput
 from grn.sampling.config import SamplerConfig
 from grn.sampling.text import sample_t2iv
@@ -24,11 +25,12 @@ from grn.sampling.text import sample_t2iv
 TEXT_TASKS = ("t2i", "t2v", "i2v")
 
 
-class TextPipeline:
+class TextPipeline(HubMixin):
     """A trained T2I/T2V network, its frozen caption encoder and the frozen tokenizer that decodes its labels.
 
     ``task`` sets the defaults of :meth:`__call__`: ``t2i`` one frame, ``t2v`` / ``i2v`` ``frames`` frames
-    (``i2v`` expects a first frame).
+    (``i2v`` expects a first frame). ``sampler`` / ``origin``: as :class:`grn.pipeline.GRNPipeline`'s
+    (:meth:`save_pretrained` / :meth:`push_to_hub`, :mod:`grn.pipeline_hub`).
     """
 
     def __init__(self, net: T2IVNet, text_encoder, tokenizer: torch.nn.Module, task: str = "t2i",
@@ -41,6 +43,8 @@ class TextPipeline:
         self.text_encoder = text_encoder.to(self.device)
         self.tokenizer = tokenizer.to(self.device).eval()
         self.tokenizer_ckpt = tokenizer_ckpt
+        self.sampler: SamplerConfig | None = None
+        self.origin: dict[str, Any] = {}
         if tokenizer.latent_dim != net.latent_dim or tokenizer.hbq_rounds != net.hbq_rounds:
             raise ValueError(f"tokenizer (d={tokenizer.latent_dim}, M={tokenizer.hbq_rounds}) does not match the "
                              f"network (d={net.latent_dim}, M={net.hbq_rounds})")
@@ -59,7 +63,22 @@ class TextPipeline:
             raise ValueError(f"{ckpt} records no tokenizer checkpoint: pass tokenizer_ckpt=<path>")
         text_encoder = build_from_config(hp["text_encoder"], {"text_encoder"}, ckpt,
                                          "hyper_parameters.text_encoder")
-        return cls(net, text_encoder, load_tokenizer(tok_path), task, device, str(tok_path))
+        pipe = cls(net, text_encoder, load_tokenizer(tok_path), task, device, str(tok_path))
+        pipe.origin = {"ckpt": str(ckpt), "tokenizer_ckpt": str(tok_path), "hparams": hp}
+        return pipe
+
+    def hub_network(self) -> T2IVNet:
+        return self.net
+
+    def grid_images(self, sampler: SamplerConfig, grid: dict[str, Any]) -> tuple[torch.Tensor, str]:
+        """The model card's grid: one image per prompt (default :data:`TEXT_GRID_PROMPTS`, 256×256), seed 0; a
+        video model is shown by single frames (its text-to-image use)."""
+        prompts = list(grid.get("prompts", TEXT_GRID_PROMPTS))
+        seed, height, width = int(grid.get("seed", 0)), int(grid.get("height", 256)), int(grid.get("width", 256))
+        still = TextPipeline(self.net, self.text_encoder, self.tokenizer, "t2i", self.device)
+        still._memo = self._memo
+        images = still(prompts, seed=seed, height=height, width=width, frames=1, sampler=sampler).images
+        return images, f"Prompts {prompts}, {height}x{width}, seed {seed}, the sampler defaults below."
 
     def encode(self, captions: list[str]) -> list[torch.Tensor]:
         """Caption features ``[L_i, D]`` float32, each distinct caption encoded once per pipeline."""
@@ -94,14 +113,15 @@ class TextPipeline:
             negative_prompt: the unconditional branch of guidance (official default ``""``).
             image: image-to-video: the first frame ``[B or 1, 3, height, width]`` in [-1, 1]; it is encoded and
                 its latent frame held fixed while the rest of the clip is generated.
-            sampler: the settings (:class:`~grn.sampling.config.SamplerConfig`, default: its defaults, so
+            sampler: the settings (:class:`~grn.sampling.config.SamplerConfig`, default: ``self.sampler``, else
+                its defaults, so
                 ``schedule=linear``; the official T2I/T2V settings, as ``conf/task/t2i.yaml``, use ``cosine``);
             overrides: config keys on top (num_steps, schedule, keep_prob_shift, cfg_scale, ...). ``sampler.seed`` is
                 not read: ``seed`` seeds the draws.
         Returns:
             :class:`grn.pipeline_output.PipelineOutput` with ``images`` ``[B, 3, H, W]`` (t2i) or ``[B, 3, T, H, W]``.
         """
-        cfg = SamplerConfig.build(sampler, **overrides)
+        cfg = self.default_sampler(sampler, **overrides)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("no prompts given")
