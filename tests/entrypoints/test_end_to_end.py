@@ -11,9 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-# slow: one real train.py run (tokenizer + GRN on digits, ~35 s of setup) shared by the CLI tests; make test-slow
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[2]
 FAST = [
     "experiment=quickstart",
@@ -26,6 +23,9 @@ FAST = [
     "sampler.num_steps=3",
     "extras.print_config=false",
 ]
+
+# slow: one real train.py run (tokenizer + GRN on digits, ~35 s of setup) shared by the CLI tests; make test-slow
+pytestmark = pytest.mark.slow
 
 
 def run(script: str, *args: str, env: dict) -> subprocess.CompletedProcess:
