@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["mix_with_noise", "mix_with_noise_and_mask", "realised_keep_prob", "sample_keep_prob", "shift_keep_prob"]
+__all__ = ["mix_with_noise", "mix_with_noise_and_mask", "realised_keep_prob", "sample_keep_prob", "sample_weights",
+           "segment_mean", "shift_keep_prob"]
 
 
 def shift_keep_prob(keep_prob: torch.Tensor, shift: float) -> torch.Tensor:
@@ -63,3 +64,23 @@ def realised_keep_prob(keep: torch.Tensor) -> torch.Tensor:
     trainer's pt value, ``mask.float().mean()`` per sample, official update §C3), where the nominal value is the
     probability the mask was drawn with."""
     return keep.flatten(1).float().mean(1)
+
+
+def segment_mean(values: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """The mean of ``values`` ``[N]`` over each segment: ``segment`` int64 ``[N]`` gives each value's segment in
+    ``[0, num_segments)`` -> float32 ``[num_segments]`` (an empty segment's mean is 0). One ``index_add``, no loop:
+    the per-sample means of a packed sequence (a sample's tokens are one segment)."""
+    values = values.float()
+    sums = torch.zeros(num_segments, device=values.device).index_add(0, segment, values)
+    counts = torch.zeros(num_segments, device=values.device).index_add(0, segment, torch.ones_like(values))
+    return sums / counts.clamp_min(1.0)
+
+
+def sample_weights(num_tokens: torch.Tensor, power: float) -> torch.Tensor:
+    """Loss weights of the samples of one batch: ``w_i = N_i^r / sum_j N_j^r`` with ``N_i`` the sample's
+    predicted (visual) tokens ``T_i·h_i·w_i`` and ``r = power`` (the released T2I/T2V trainer's
+    ``reweight_loss_by_scale``: 0 by default, i.e. equal weights, and 0.5 in the released script; official
+    update §C4). ``num_tokens`` ``[S]`` -> float32 ``[S]`` summing to 1."""
+    n = num_tokens.float()
+    w = torch.ones_like(n) if power == 0 else n.pow(float(power))
+    return w / w.sum()

@@ -37,6 +37,8 @@ def test_experiment_composes_and_instantiates(compose_cfg, experiment):
     extra = ["stages.tokenizer.lit_module.lpips.allow_random_backbone=true"] if experiment in FULL_SIZE else []
     if experiment in IMAGENET:
         extra = ["data.train_shards='/data/in/train-{000000..000009}.tar'", "trainer=cpu"]
+    if experiment == "t2iv_official":  # the official toy data layout under the official repo root
+        extra = ["data.root=/data/GRN"]
     cfg = compose_cfg("train", [f"experiment={experiment}", *extra])
     assert cfg.stages, experiment
     with torch.device("meta" if experiment in FULL_SIZE else "cpu"):
