@@ -27,7 +27,14 @@ from grn.lit_modules.optim import adamw
 from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
-from grn.objective import mix_with_noise_and_mask, realised_keep_prob, sample_keep_prob
+from grn.objective import (
+    draw_first_frame_condition,
+    mix_with_noise_and_mask,
+    realised_keep_prob,
+    sample_keep_prob,
+    text_sample_losses,
+)
+from grn.prompts import as_first_frame_caption
 from grn.sampling.config import SamplerConfig
 from grn.sampling.refine import PT_VALUES, RefineResult
 from grn.sampling.text import pad_texts, sample_t2iv
@@ -53,6 +60,10 @@ class T2IVLitModule(RefinementLitModule):
         lr_scheduler: ``_partial_`` schedule config (default: none, constant LR; the configs warm up over 100 steps).
         ema_decays: one EMA per decay (``ema1`` is used for sampling).
         sampler: sampler settings used for validation samples.
+        i2v_ratio: share of video clips trained with the official first-frame condition (official update §B1,
+            §B10; :func:`grn.objective.text_sample_losses`): latent frame 0's clean tokens are the condition, the
+            loss is over frames 1…T-1 only, and a ``"<T2V>"`` caption becomes ``"<I2V>"``. 0 (default, the
+            released script): none. Sample such a model with ``i2v_mode=first_frame`` (the network's setting).
     """
 
     def __init__(
@@ -72,10 +83,13 @@ class T2IVLitModule(RefinementLitModule):
         ema_warmup: bool = False,
         sampler: dict | None = None,
         pt_value: str = "nominal",
+        i2v_ratio: float = 0.0,
     ):
         super().__init__()
         if pt_value not in PT_VALUES:
             raise ValueError(f"pt_value={pt_value!r} is invalid: choose one of {' | '.join(PT_VALUES)}")
+        if not 0.0 <= float(i2v_ratio) <= 1.0:
+            raise ValueError(f"i2v_ratio={i2v_ratio!r} is invalid: it must be in [0, 1]")
         # plain containers in the checkpoint's hyper_parameters (save_hyperparameters reads these locals)
         optimizer = optimizer if optimizer is not None else adamw(betas=(0.9, 0.999), weight_decay=0.005)
         net, text_encoder, sampler, optimizer, lr_scheduler, ema_decays, tokenizer_ckpt = plain_hparams(
@@ -103,8 +117,11 @@ class T2IVLitModule(RefinementLitModule):
         once per process (the memo), in one encoder call for all new ones."""
         return encode_memoized(self.text_encoder, self.__dict__["_text_memo"], captions, self.device)
 
-    def _text(self, part: Mapping[str, Any], drop: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded caption features ``[B, L, D]`` and lengths ``[B]`` of a batch part; dropped rows get ``""``."""
+    def _text(self, part: Mapping[str, Any], drop: torch.Tensor | None,
+              first_frame: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded caption features ``[B, L, D]`` and lengths ``[B]`` of a batch part; dropped rows get ``""``;
+        rows with the first-frame condition get their ``<T2V>`` prefix as ``<I2V>`` (string captions; cached
+        features are used as cached)."""
         if "text" in part:
             text, lens = part["text"].float(), part["text_lens"].long()
             if drop is not None and bool(drop.any()):
@@ -117,6 +134,8 @@ class T2IVLitModule(RefinementLitModule):
                 lens = torch.where(drop, torch.full_like(lens, empty.shape[0]), lens)
             return text, lens
         captions = list(part["caption"])
+        if first_frame is not None:
+            captions = [as_first_frame_caption(c) if f else c for c, f in zip(captions, first_frame.tolist())]
         if drop is not None:
             captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         text, lens = pad_texts(self.encode_captions(captions))
@@ -148,8 +167,10 @@ class T2IVLitModule(RefinementLitModule):
                                 shift=hp.keep_prob_shift)
 
     def objective(self, batch: Mapping[str, Any], generator: torch.Generator | None = None, drop: bool = True):
-        """Loss of the official trainer: per-element cross-entropy, averaged over each sample's tokens, then an
-        equal-weight mean over the samples (images and clips alike). Returns (loss, per-kind sample losses)."""
+        """Loss of the official trainer: per-element cross-entropy, averaged over each sample's predicted tokens,
+        then an equal-weight mean over the samples (images and clips alike); with ``i2v_ratio`` a share of the
+        clips in the first-frame form (:func:`grn.objective.text_sample_losses`). Returns (loss, per-kind sample
+        losses)."""
         per_sample, per_kind = [], {}
         for kind, part in self.parts(batch):
             x = self.target_labels(part["tokens"])
@@ -158,11 +179,11 @@ class T2IVLitModule(RefinementLitModule):
             dropped = None
             if drop and self.hparams.caption_drop_prob > 0:
                 dropped = torch.rand(b, device=x.device, generator=generator) < self.hparams.caption_drop_prob
-            text, lens = self._text(part, dropped)
+            first = draw_first_frame_condition(x, self.hparams.get("i2v_ratio", 0.0), generator)
+            text, lens = self._text(part, dropped, first)
             z, keep = mix_with_noise_and_mask(x, t, self.num_levels, generator)
             pt = realised_keep_prob(keep) if self.hparams.pt_value == "realised" else t
-            logits = self.net(z, pt, text, lens)
-            ce = F.cross_entropy(logits.float(), x, reduction="none").flatten(1).mean(1)  # [B]
+            ce = text_sample_losses(self.net, x, z, pt, text, lens, first)  # [B]
             per_sample.append(ce)
             per_kind[kind] = ce
         return torch.cat(per_sample).mean(), per_kind
