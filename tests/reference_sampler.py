@@ -116,8 +116,11 @@ def _top(score: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def plain_refine(net, y, num_levels, label_shape, null, generator, steps, cfg=1.0, interval=(0.0, 1.0), tau=1.0,
-                 schedule="linear", shift=1.0, selection="random", revise=True, known=None, region=None):
-    """The documented variants of Alg. 3 (see the module docstring). Returns ``(labels, inputs)``."""
+                 schedule="linear", shift=1.0, selection="random", revise=True, known=None, region=None,
+                 pt_over_region=False):
+    """The documented variants of Alg. 3 (see the module docstring). Returns ``(labels, inputs)``.
+    ``pt_over_region``: the network is told t itself, the share over the generated tokens (the official
+    first-frame I2V, update §B7), instead of the share of real tokens in the whole map."""
     bsz = y.shape[0]
     shape = (bsz, *label_shape)
     view = (-1,) + (1,) * len(label_shape)
@@ -139,7 +142,7 @@ def plain_refine(net, y, num_levels, label_shape, null, generator, steps, cfg=1.
     inputs = []
     for i in range(steps):
         t, t_next = t_of(i), t_of(i + 1)
-        t_in = (given + (1 - given) * t).float()
+        t_in = torch.full((bsz,), float(t)) if pt_over_region else (given + (1 - given) * t).float()
         inputs.append((z.clone(), t_in.clone(), y.clone()))
         cond = net(z, t_in, y).float()
         lo, hi = interval

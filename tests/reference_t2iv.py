@@ -12,6 +12,9 @@ official-layout state dict (``block_chunks.{c}.module.{j}.…``).
 * :func:`reference_forward_fsa`: the FSA release's sequence, per sample ``[vis_i | (first frame) | text_i | pt_i]``
   concatenated without padding, full attention within each sample (cu_seqlens); with a first frame the I2V
   training layout (§B10): generated frames at time rows 601…, the clean first frame at 600.
+* :func:`reference_i2v_guided_logits`: one step of the official I2V sampler's network pass (§B5-B9): the
+  conditional and the unconditional branch ``[generated | first frame | text | pt]`` as one varlen batch, both
+  holding the first frame, the guided logits of the generated tokens.
 """
 
 import math
@@ -174,14 +177,15 @@ def reference_forward_old(sd, samples, texts, kps, levels=2, heads=2, pad=5):
     return torch.cat([logits[s] for s in vis_slices])
 
 
-def reference_forward_fsa(sd, samples, texts, kps, levels=2, heads=2, first_frames=None):
+def reference_forward_fsa(sd, samples, texts, kps, levels=2, heads=2, first_frames=None, generated_t_offset=None):
     """FSA official forward (update §C1-C2, §B10): per sample ``[vis_i | (first frame_i) | text_i | pt_i]``,
     concatenated without padding, ``cu_seqlens`` full attention within each sample.
 
     samples ``[C, t, h, w]`` (the generated frames), texts ``[L_i, text_dim]``, kps ``[S]``; ``first_frames``
     (None, or per sample None / clean labels ``[C, 1, h, w]``): I2V, the generated frames sit at time rows
     ``600 + 1 …`` (t_offset 1) and the first frame at 600. Returns the generated tokens' logits
-    ``[Σ t·h·w, C, levels]``.
+    ``[Σ t·h·w, C, levels]``. ``generated_t_offset`` forces the generated frames' t_offset (tests use it to
+    show that a wrong offset changes the logits).
     """
     dim = sd["word_embed.weight"].shape[0]
     tabs = ref_rope_tables(dim // heads)
@@ -191,7 +195,8 @@ def reference_forward_fsa(sd, samples, texts, kps, levels=2, heads=2, first_fram
     for lab, first, txt, kp in zip(samples, first_frames, texts, kps):
         c, t, h, w = lab.shape
         parts = [ref_visual_tokens(sd, lab, levels)]
-        ang = [ref_angles_visual(tabs, t, h, w, t_offset=0 if first is None else 1)]
+        off = (0 if first is None else 1) if generated_t_offset is None else generated_t_offset
+        ang = [ref_angles_visual(tabs, t, h, w, t_offset=off)]
         if first is not None:
             parts.append(ref_visual_tokens(sd, first, levels))
             ang.append(ref_angles_visual(tabs, 1, h, w, t_offset=0))
@@ -209,3 +214,17 @@ def reference_forward_fsa(sd, samples, texts, kps, levels=2, heads=2, first_fram
     allowed = seg[:, None] == seg[None, :]
     logits = ref_head(sd, ref_blocks(sd, x, ang, allowed, heads), levels)
     return torch.cat([logits[s] for s in vis_slices])
+
+
+def reference_i2v_guided_logits(sd, generated, first, text_cond, text_uncond, pt, cfg, levels=2, heads=2):
+    """Official I2V network pass (update §B5, B6, B8, B9, F3): ``generated`` ``[C, pt, h, w]`` (the current map of
+    the generated frames), ``first`` ``[C, 1, h, w]`` (the clean first-frame labels), the two captions
+    ``[L, text_dim]`` and the pt value -> ``ℓ_u + cfg·(ℓ_c − ℓ_u)`` over the generated tokens ``[pt·h·w, C, levels]``.
+    ``tmp_seqlens = [pt·h·w + h·w + L_cond + 1, pt·h·w + h·w + L_uncond + 1]``; cond logits are the first
+    ``pt·h·w`` rows of branch 0, uncond the first ``pt·h·w`` rows of branch 1."""
+    both = reference_forward_fsa(sd, [generated, generated], [text_cond, text_uncond],
+                                 torch.stack([torch.as_tensor(pt), torch.as_tensor(pt)]), levels, heads,
+                                 first_frames=[first, first])
+    n = generated[0].numel()
+    cond, uncond = both[:n], both[n:]
+    return uncond + cfg * (cond - uncond)

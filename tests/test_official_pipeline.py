@@ -160,3 +160,41 @@ def test_official_files_load_with_fsa_attention_and_the_released_sampler(offline
     aware = pipe.sampler_overrides(3.0, 1.1, 1.0, 12, 40, -30.0, 45.0, 4)
     assert (aware["schedule"], aware["complexity_min_steps"], aware["complexity_max_steps"], aware["k"], aware["b"],
             aware["complexity_warmup_steps"]) == ("complexity_aware", 12, 40, -30.0, 45.0, 4)
+
+
+def test_i2v_call_uses_the_first_frame_form_and_returns_the_first_frame(offline, tmp_path):
+    """first_frame_condition=True, first_frame_path=... on the T2V 8B file (which serves I2V, §A4): the image is
+    read at the bucket size, encoded once, given to the network as clean first-frame tokens in both guidance
+    branches (§B5), and the output's first latent frame is its labels (§B9)."""
+    from grn.pipeline import GRNPipeline
+    from grn.text_pipeline import first_frame_tensor
+
+    pipe = GRNPipeline.from_pretrained(hf_repo_id=OFFICIAL_REPO, task="T2V", pn="0.06M", model="GRN8b")
+    net = pipe.pipe.net
+    assert net.i2v_mode == "first_frame"
+    Image.fromarray((np.random.default_rng(1).random((120, 90, 3)) * 255).astype(np.uint8)).save(tmp_path / "f.png")
+    firsts = []
+    forward = net.forward
+    net.forward = lambda *a, **kw: firsts.append(kw.get("first_frame")) or forward(*a, **kw)
+    out = pipe(prompt="a dog runs", seed=2, duration=0.25, complexity_aware_Tmax=2, h_div_w=9 / 16,
+               first_frame_condition=True, first_frame_path=tmp_path / "f.png", output_dir=tmp_path)
+    frames, height, width = out.size
+    want = pipe.pipe.tokenizer.encode(first_frame_tensor(tmp_path / "f.png", height, width).unsqueeze(2),
+                                      target="index")
+    assert torch.equal(out.labels[:, :, :1], want) and len(out.videos) == 1
+    assert len(firsts) == 2 and all(f is not None and f.shape[0] == 2 for f in firsts)  # cond + uncond rows
+    with pytest.raises(ValueError, match="first_frame_path"):
+        pipe(prompt="x", first_frame_condition=True)
+
+
+def test_first_frame_read_applies_exif_orientation_as_cv2_does(tmp_path):
+    from grn.text_pipeline import first_frame_tensor
+
+    arr = (np.random.default_rng(2).random((40, 60, 3)) * 255).astype(np.uint8)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    img.save(tmp_path / "r.jpg", exif=exif, quality=95)
+    Image.open(tmp_path / "r.jpg").transpose(Image.Transpose.ROTATE_270).save(tmp_path / "upright.png")
+    torch.testing.assert_close(first_frame_tensor(tmp_path / "r.jpg", 32, 24),
+                               first_frame_tensor(tmp_path / "upright.png", 32, 24))

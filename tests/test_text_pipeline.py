@@ -75,3 +75,20 @@ def test_sample_cli_writes_mp4(ckpts, tmp_path, compose_cfg):
     run(compose_cfg("sample", [f"ckpt={ckpts[0]}", "prompts=[a handwritten one]", "height=16", "width=16",
                                f"out={png}", "sampler.num_steps=2"]))
     assert png.stat().st_size > 0
+
+
+def test_i2v_reads_an_image_file_as_the_official_pipeline_and_takes_either_form(ckpts, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from grn.text_pipeline import first_frame_tensor
+
+    i2v = GRNPipeline.from_pretrained(ckpts[0], task="i2v")
+    assert i2v.net.i2v_mode == "region"  # a checkpoint saved before i2v_mode existed: the form it was sampled in
+    Image.fromarray((np.random.default_rng(0).random((30, 20, 3)) * 255).astype(np.uint8)).save(tmp_path / "f.png")
+    want = i2v.tokenizer.encode(first_frame_tensor(tmp_path / "f.png", 16, 24).unsqueeze(2), target="index")[:, :, 0]
+    for mode in ("first_frame", "region"):
+        res = i2v(["a"], image=tmp_path / "f.png", height=16, width=24, frames=5, num_steps=2, i2v_mode=mode)
+        assert torch.equal(res.labels[:, :, 0], want)
+    from_pil = i2v(["a"], image=Image.open(tmp_path / "f.png"), height=16, width=24, frames=5, num_steps=2)
+    assert torch.equal(from_pil.labels, res.labels)  # PIL image = file, region form (the network's) both times

@@ -3,14 +3,20 @@ sample, its SD3-style shift, and the token map in which each label survives with
 
 Pure functions over tensors; no Lightning. The sampler's schedules use :func:`shift_keep_prob` too (the cosine
 schedule with ``keep_prob_shift``), so training and sampling shift t the same way.
+
+Image-to-video training (official update §B1, §B10): :func:`draw_first_frame_condition` picks the clips that get
+the first-frame condition (``i2v_ratio``), :func:`text_sample_losses` runs them in the official form.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
 
-__all__ = ["mix_with_noise", "mix_with_noise_and_mask", "realised_keep_prob", "sample_keep_prob", "sample_weights",
-           "segment_mean", "shift_keep_prob"]
+import torch
+import torch.nn.functional as F
+
+__all__ = ["draw_first_frame_condition", "mix_with_noise", "mix_with_noise_and_mask", "realised_keep_prob",
+           "sample_keep_prob", "sample_weights", "segment_mean", "shift_keep_prob", "text_sample_losses"]
 
 
 def shift_keep_prob(keep_prob: torch.Tensor, shift: float) -> torch.Tensor:
@@ -84,3 +90,55 @@ def sample_weights(num_tokens: torch.Tensor, power: float) -> torch.Tensor:
     n = num_tokens.float()
     w = torch.ones_like(n) if power == 0 else n.pow(float(power))
     return w / w.sum()
+
+
+def draw_first_frame_condition(labels: torch.Tensor, ratio: float,
+                               generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """Which clips of a batch get the first-frame condition: bool ``[B]``, each True with probability ``ratio``
+    (the official ``i2v_ratio``, §B1), for video labels ``[B, C, T, h, w]`` with T >= 2 latent frames. None, and no
+    draw made, where nothing can be conditioned (``ratio`` 0, images, one-frame clips), so a run without I2V makes
+    exactly the draws it made before the option existed."""
+    if ratio <= 0 or labels.dim() != 5 or labels.shape[2] < 2:
+        return None
+    return torch.rand(labels.shape[0], device=labels.device, generator=generator) < ratio
+
+
+def text_sample_losses(net: Callable[..., torch.Tensor], labels: torch.Tensor, mixed: torch.Tensor,
+                       keep_prob: torch.Tensor, text: torch.Tensor, text_lens: torch.Tensor,
+                       first_frame: torch.Tensor | None = None, with_accuracy: bool = False):
+    """The T2I/T2V loss of each sample: cross-entropy per label, averaged over the sample's predicted labels
+    (facts §4.4) -> float32 ``[B]``; with ``with_accuracy`` also the share of correctly predicted labels per
+    sample ``[B]``, as ``(loss, accuracy)``.
+
+    ``net(mixed, keep_prob, text, text_lens[, first_frame=])`` is a :class:`~grn.models.t2iv.T2IVNet`; ``labels``
+    the targets and ``mixed`` the input map (:func:`mix_with_noise_and_mask`), both ``[B, C, (T,) h, w]``;
+    ``keep_prob`` ``[B]`` the pt values. ``first_frame`` (bool ``[B]``, :func:`draw_first_frame_condition`):
+    those clips are trained as the official I2V trainer does (§B10): the clean labels of latent frame 0 go in as the
+    first-frame condition tokens (time position 600), the mixed frames 1…T-1 as the generated ones (601…), and only
+    these are predicted, so the loss is their mean. The keep mask, its random labels and the pt value are drawn
+    over all T frames as for any clip (the caller's ``mixed`` and ``keep_prob``), as the official trainer does:
+    there the pt value includes the masked-out first frame, at inference it does not (§B7; official update §G).
+    """
+    def losses(rows: torch.Tensor | None, cond: bool) -> torch.Tensor:
+        pick = (lambda v: v) if rows is None else (lambda v: v[rows])
+        x, z = pick(labels), pick(mixed)
+        lens = pick(text_lens)
+        txt = pick(text)[:, : int(lens.max())]
+        if cond:
+            logits = net(z[:, :, 1:], pick(keep_prob), txt, lens, first_frame=x[:, :, :1])
+            x = x[:, :, 1:]
+        else:
+            logits = net(z, pick(keep_prob), txt, lens)
+        logits = logits.float()
+        ce = F.cross_entropy(logits, x, reduction="none").flatten(1).mean(1)
+        return torch.stack([ce, (logits.argmax(1) == x).flatten(1).float().mean(1)], 1)  # [b, 2]
+
+    if first_frame is None or not bool(first_frame.any()):
+        both = losses(None, False)
+    elif bool(first_frame.all()):
+        both = losses(None, True)
+    else:
+        cond, plain = first_frame.nonzero().squeeze(1), (~first_frame).nonzero().squeeze(1)
+        both = labels.new_zeros(labels.shape[0], 2, dtype=torch.float32)
+        both = both.index_put((cond,), losses(cond, True)).index_put((plain,), losses(plain, False))
+    return (both[:, 0], both[:, 1]) if with_accuracy else both[:, 0]

@@ -26,9 +26,9 @@ import torch
 from grn import prompts as P
 from grn.datamodules.buckets import bucket_pixels, nearest_template
 from grn.hub import OFFICIAL_REPO, hub_file, hub_folder, official_files, official_task
-from grn.text_pipeline import TextPipeline
+from grn.text_pipeline import TextPipeline, cover_crop, first_frame_tensor
 
-__all__ = ["OfficialOutput", "OfficialTextPipeline", "first_frame_tensor"]
+__all__ = ["OfficialOutput", "OfficialTextPipeline", "cover_crop", "first_frame_tensor"]
 
 VIDEO_FPS = 16
 MAX_FRAMES = 81  # the official pipeline's video_frames: 5 s at 16 fps
@@ -45,31 +45,6 @@ class OfficialOutput:
     steps: torch.Tensor | None = None
     seed: int = 0
     size: tuple[int, int, int] = (1, 0, 0)  # frames, height, width
-
-
-def first_frame_tensor(path: str | Path, height: int, width: int) -> torch.Tensor:
-    """The official I2V first-frame read (§B3): RGB, resized with LANCZOS to cover ``height × width`` (the side
-    that is not fixed rounded with ``np.round``), centre-cropped by ``(size - target) // 2``, to [-1, 1].
-    Returns float ``[1, 3, height, width]``."""
-    from PIL import Image
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"first frame {path} not found (first_frame_path=)")
-    try:
-        img = Image.open(path).convert("RGB")
-    except (OSError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read the first frame {path} as an image: {err}") from None
-    w0, h0 = img.size
-    if w0 / h0 > width / height:  # wider than the target: height fixed, width from the ratio
-        size = (int(np.round(w0 * height / h0)), height)
-    else:
-        size = (width, int(np.round(h0 * width / w0)))
-    img = img.resize(size, Image.LANCZOS)
-    left, top = (size[0] - width) // 2, (size[1] - height) // 2
-    img = img.crop((left, top, left + width, top + height))
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return (x * 2 - 1).unsqueeze(0)
 
 
 class OfficialTextPipeline:

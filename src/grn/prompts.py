@@ -24,6 +24,7 @@ __all__ = [
     "QUALITY_SUFFIX",
     "TASKS",
     "ensure_prefix",
+    "as_first_frame_caption",
     "inference_prompt",
     "sample_task",
     "strip_prefix",
@@ -93,6 +94,18 @@ def strip_prefix(caption: str) -> str:
         if caption.startswith(prefix):
             return caption[len(prefix):]
     return caption
+
+
+def as_first_frame_caption(caption: str) -> str:
+    """A video training caption for a clip that gets the first-frame condition: ``"<T2V>…"`` becomes ``"<I2V>…"``
+    (the official data sets the prefix from the same draw, §A6); a caption without the prefix (``prompt_prefix``
+    off, or a dropped ``""``) stays as it is.
+
+    >>> as_first_frame_caption("<T2V>a dog runs"), as_first_frame_caption("a dog runs")
+    ('<I2V>a dog runs', 'a dog runs')
+    """
+    t2v = PREFIXES["t2v"]
+    return PREFIXES["i2v"] + caption[len(t2v):] if caption.startswith(t2v) else caption
 
 
 def inference_prompt(prompt: str, task: str, quality_suffix: bool = True) -> str:

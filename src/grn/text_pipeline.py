@@ -4,6 +4,10 @@
     out = pipe(["a handwritten seven moving left"], seed=0, height=32, width=32, frames=5, cfg_scale=2.0)
     out.images  # float [1, 3, 5, 32, 32] in [-1, 1]
     out = pipe(["a handwritten seven moving left"], image=first_frame)   # image-to-video, task="i2v"
+    out = pipe(["a handwritten seven moving left"], image="first.png", height=32, width=32, frames=5)
+
+Image-to-video follows the network's ``i2v_mode`` (official first-frame tokens or region re-generation,
+:mod:`grn.sampling.text`); a file or PIL image is read as the official pipeline reads ``first_frame_path``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.progress import Progress
 
@@ -23,6 +28,40 @@ from grn.sampling.config import SamplerConfig
 from grn.sampling.text import sample_t2iv
 
 TEXT_TASKS = ("t2i", "t2v", "i2v")
+
+
+def first_frame_tensor(path: str | Path, height: int, width: int) -> torch.Tensor:
+    """The official I2V first-frame read (§B3, ``infer.py:transform``): the image as RGB (EXIF orientation applied,
+    as ``cv2.imread`` does), resized with LANCZOS to cover ``height × width`` — the width fixed where
+    ``w0 / h0 <= width / height``, the other side ``int(np.round(...))`` of the official expression — then
+    centre-cropped by ``(size - target) // 2`` and mapped to [-1, 1]. Returns float ``[1, 3, height, width]``."""
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"first frame {path} not found (first_frame_path=)")
+    try:
+        with Image.open(path) as raw:
+            img = ImageOps.exif_transpose(raw).convert("RGB")
+    except (OSError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read the first frame {path} as an image: {err}") from None
+    return cover_crop(img, height, width)
+
+
+def cover_crop(img, height: int, width: int) -> torch.Tensor:
+    """A PIL RGB image -> float ``[1, 3, height, width]`` in [-1, 1] by the official ``transform`` (see
+    :func:`first_frame_tensor`), with its float expressions, so the rounding is the official one."""
+    from PIL import Image
+
+    w0, h0 = img.size
+    if w0 / h0 <= width / height:  # narrower than the target: the width fixed
+        size = (width, int(np.round(width / (w0 / h0))))
+    else:
+        size = (int(np.round((w0 / h0) * height)), height)
+    arr = np.asarray(img.resize(size, resample=Image.LANCZOS))
+    top, left = (arr.shape[0] - height) // 2, (arr.shape[1] - width) // 2
+    x = torch.from_numpy(np.array(arr[top : top + height, left : left + width])).permute(2, 0, 1)
+    return (x.float().div(255) * 2 - 1).unsqueeze(0)
 
 
 class TextPipeline(HubMixin):
@@ -99,7 +138,7 @@ class TextPipeline(HubMixin):
         width: int = 256,
         frames: int | None = None,
         negative_prompt: str = "",
-        image: torch.Tensor | None = None,
+        image: Any = None,
         progress: bool = False,
         sampler: SamplerConfig | None = None,
         **overrides: Any,
@@ -111,8 +150,11 @@ class TextPipeline(HubMixin):
             height, width: output size in pixels (multiples of the tokenizer's spatial stride).
             frames: clip length ``1 + 4k`` (default 1 for t2i, 17 otherwise).
             negative_prompt: the unconditional branch of guidance (official default ``""``).
-            image: image-to-video: the first frame ``[B or 1, 3, height, width]`` in [-1, 1]; it is encoded and
-                its latent frame held fixed while the rest of the clip is generated.
+            image: image-to-video: the first frame, ``[B or 1, 3, height, width]`` in [-1, 1], or an image file /
+                PIL image (read as the official pipeline does, :func:`first_frame_tensor`: LANCZOS cover resize and
+                centre crop to ``height × width``). It is encoded once as a 1-frame clip and its labels are the
+                output's first latent frame; the network sees it in its ``i2v_mode`` form (``i2v_mode=`` /
+                ``sampler.i2v_mode`` overrides; :mod:`grn.sampling.text`).
             sampler: the settings (:class:`~grn.sampling.config.SamplerConfig`, default: ``self.sampler``, else
                 its defaults, so
                 ``schedule=linear``; the official T2I/T2V settings, as ``conf/task/t2i.yaml``, use ``cosine``);
@@ -135,6 +177,9 @@ class TextPipeline(HubMixin):
         c = self.net.label_channels
         shape = (c, height // s, width // s) if lat_t == 1 and image is None else (c, lat_t, height // s, width // s)
         first = None
+        if image is not None and not isinstance(image, torch.Tensor):
+            image = first_frame_tensor(image, height, width) if isinstance(image, (str, Path)) else \
+                cover_crop(image.convert("RGB"), height, width)
         if image is not None:
             if image.shape[-2:] != (height, width):
                 raise ValueError(f"the first frame must be {height}x{width}, got {list(image.shape)}")

@@ -162,6 +162,7 @@ def test_cli_errors_wraps_user_errors_only(capsys, monkeypatch):
     ({"num_steps": 2.5}, r"num_steps=2\.5 is invalid: it must be an integer"),
     ({"revise": "yes"}, r"sampler\.revise='yes' is invalid: it must be true or false"),
     ({"precision": "16-mixed"}, r"sampler\.precision='16-mixed' is invalid: choose one of auto \| fp32 \| bf16$"),
+    ({"i2v_mode": "last"}, r"sampler\.i2v_mode='last' is invalid: choose one of null \| first_frame \| region$"),
 ])
 def test_sampler_ranges(sampler, message):
     with pytest.raises(ConfigError, match=message):
@@ -237,3 +238,17 @@ def test_dim_must_split_into_heads():
     check_numbers({"net": {"dim": 64, "num_heads": 4}}, "x")
     with pytest.raises(ConfigError, match=r"x\.net\.dim=64 is not a multiple of x\.net\.num_heads=5"):
         check_numbers({"net": {"dim": 64, "num_heads": 5}}, "x")
+
+
+def test_i2v_keys_are_checked_where_the_stage_nests_them(compose_cfg):
+    """``i2v_ratio`` (a share) and the network's ``i2v_mode`` (first_frame | region) at start-up."""
+    from grn.entrypoints.validate import validate_train
+
+    for override, message in (("stages.t2v.lit_module.i2v_ratio=1.5", r"lit_module\.i2v_ratio=1\.5 is invalid"),
+                              ("model.generator.i2v_mode=both",
+                               r"net\.i2v_mode='both' is invalid: choose one of first_frame \| region$")):
+        cfg = compose_cfg("train", ["experiment=t2iv_digits", override])
+        with pytest.raises(ConfigError, match=message):
+            validate_train(cfg, ["t2v"])
+    validate_train(compose_cfg("train", ["experiment=t2iv_digits", "stages.t2v.lit_module.i2v_ratio=0.5",
+                                         "model.generator.i2v_mode=region"]), ["t2v"])

@@ -140,3 +140,81 @@ def test_training_tells_the_network_the_realised_share():
     assert not torch.allclose(t_r, t_n)
     with pytest.raises(ValueError, match="pt_value"):
         module(pt_value="exact")
+
+
+def test_i2v_ratio_trains_clips_in_the_official_first_frame_form():
+    """i2v_ratio (official update §B1, §B10): conditioned clips give the network their clean latent frame 0 as the
+    first-frame tokens and the mixed frames 1… as the map; the loss is over frames 1… only; the pt value is
+    drawn over all T frames (realised: the whole mask's mean, the official precise_spt); a <T2V> caption
+    becomes <I2V>. i2v_ratio 0 makes exactly the draws and the loss of a run without the option."""
+    import torch.nn.functional as F
+
+    from grn.objective import mix_with_noise_and_mask
+
+    b = batch(3, frames=3, seed=2)
+    b["caption"] = ["<T2V>a handwritten one", "a handwritten zero", "<T2V>a handwritten one"]
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    runs = {}
+    for ratio in (0.0, 1.0):
+        m = module(caption_drop_prob=0.0, pt_value="realised", i2v_ratio=ratio)
+        calls, seen = [], []
+        forward = m.net.forward
+        m.net.forward = lambda z, t, *a, _f=forward, _c=calls, **kw: _c.append((z, t, kw.get("first_frame"))) or \
+            _f(z, t, *a, **kw)
+        enc = m.encode_captions
+        m.encode_captions = lambda caps, _e=enc, _s=seen: _s.extend(caps) or _e(caps)
+        loss, per_kind, _ = m.objective(b, generator=g())
+        runs[ratio] = (m, loss, per_kind["video"], list(calls), list(seen))
+    m, loss0, per0, calls0, seen0 = runs[0.0]
+    x = T2IVLitModule.target_labels(m, b["tokens"])
+    gen = g()
+    t = m.sample_keep_prob(3, gen)
+    z, keep = mix_with_noise_and_mask(x, t, 2, gen)  # the draws of a run without i2v_ratio
+    assert len(calls0) == 1 and calls0[0][2] is None and torch.equal(calls0[0][0], z)
+    with torch.no_grad():
+        plain = F.cross_entropy(m.net(z, keep.flatten(1).float().mean(1), *m._text(b, None)).float(), x,
+                                reduction="none").flatten(1).mean(1)
+    torch.testing.assert_close(per0, plain)
+    assert seen0 == b["caption"]
+
+    m1, loss1, per1, calls1, seen1 = runs[1.0]
+    assert len(calls1) == 1
+    z1, t1, first = calls1[0]
+    gen = g()
+    m1.sample_keep_prob(3, gen)
+    assert torch.rand(3, generator=gen).lt(1.0).all()  # the condition draw comes after t (no caption dropout)
+    z_c, keep_c = mix_with_noise_and_mask(x, t, 2, gen)
+    assert torch.equal(first, x[:, :, :1]) and torch.equal(z1, z_c[:, :, 1:])  # clean frame 0, mixed frames 1…
+    torch.testing.assert_close(t1, keep_c.flatten(1).float().mean(1))  # over all T frames, frame 0 included
+    with torch.no_grad():
+        logits = m1.net(z_c[:, :, 1:], t1, *m1._text(b, None, torch.ones(3, dtype=torch.bool)),
+                        first_frame=x[:, :, :1])
+    torch.testing.assert_close(per1, F.cross_entropy(logits.float(), x[:, :, 1:], reduction="none").flatten(1).mean(1))
+    assert seen1 == ["<I2V>a handwritten one", "a handwritten zero", "<I2V>a handwritten one"]
+    images = batch(2)  # images and one-frame clips are never conditioned
+    torch.testing.assert_close(runs[1.0][0].objective(images, generator=g())[0],
+                               module(caption_drop_prob=0.0, pt_value="realised").objective(images, generator=g())[0])
+    with pytest.raises(ValueError, match="i2v_ratio"):
+        module(i2v_ratio=1.5)
+
+
+def test_a_mixed_batch_runs_each_clip_in_its_own_form():
+    from grn.objective import draw_first_frame_condition, text_sample_losses
+
+    m = module()
+    x = T2IVLitModule.target_labels(m, batch(4, frames=3, seed=3)["tokens"])
+    z = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(1))
+    pt = torch.tensor([0.1, 0.4, 0.6, 0.9])
+    text, lens = m._text({"caption": ["a", "bb", "ccc", "dddd"]}, None)
+    cond = torch.tensor([True, False, False, True])
+    with torch.no_grad():
+        mixed = text_sample_losses(m.net, x, z, pt, text, lens, cond)
+        for i in range(4):
+            one = text_sample_losses(m.net, x[i:i + 1], z[i:i + 1], pt[i:i + 1], text[i:i + 1], lens[i:i + 1],
+                                     cond[i:i + 1])
+            torch.testing.assert_close(mixed[i:i + 1], one)
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    assert draw_first_frame_condition(x, 0.0, gen) is None and torch.equal(gen.get_state(), state)  # no draw
+    assert draw_first_frame_condition(x[:, :, :1], 1.0, gen) is None  # one latent frame: nothing to generate
+    assert draw_first_frame_condition(x, 1.0, gen).all() and not draw_first_frame_condition(x, 1e-9, gen).any()

@@ -253,3 +253,113 @@ def test_flex_backend_matches_sdpa_under_fsa():
         a = sdpa.forward_layout(layout, labels, kp, text)
         b = flex.forward_layout(layout, labels, kp, text)
     assert_parity(b, a)
+
+
+# -------------------------------------------------------------------------------- official first-frame I2V (§B)
+def test_first_frame_layout_puts_the_condition_after_the_generated_frames_at_time_600():
+    from grn.models.packing import FIRST, PT, VISUAL, batched_layout
+
+    t, h, w = 2, 2, 3
+    layout = batched_layout(t, h, w, torch.tensor([4, 2]), first_frame=True)
+    n_gen, n_first = t * h * w, h * w
+    kind, pos = layout.kind[0], layout.positions[0]
+    assert kind[:n_gen].eq(VISUAL).all() and kind[n_gen:n_gen + n_first].eq(FIRST).all()
+    assert kind[n_gen + n_first] == PT and pos[n_gen + n_first].tolist() == [512.0, 0.0, 0.0]
+    assert pos[:n_gen, 0].tolist() == [601.0] * 6 + [602.0] * 6  # generated frame f at 600 + f, f >= 1
+    assert pos[n_gen:n_gen + n_first, 0].tolist() == [600.0] * 6  # the first frame at 600
+    assert torch.equal(pos[n_gen:n_gen + n_first, 1:], pos[:n_first, 1:])  # the same (h, w) grid
+    assert layout.first_index.tolist() == [n_gen + i for i in range(n_first)] + \
+        [layout.shape[1] + n_gen + i for i in range(n_first)]
+    assert layout.visual_index.numel() == 2 * n_gen  # logits only for the generated frames
+    plain = batched_layout(t + 1, h, w, torch.tensor([4, 2]))  # a T2V clip: the same positions, reordered
+    ours = torch.cat([pos[n_gen:n_gen + n_first], pos[:n_gen]])
+    assert torch.equal(ours, plain.positions[0, : n_gen + n_first])
+    specs = [SampleSpec(2, 2, 3, 3, first_frame=True), SampleSpec(1, 2, 2, 2)]
+    packed = packed_layout(specs, rows=[[0, 1]], row_length=40)
+    assert packed.first_index.tolist() == list(range(12, 18)) and (packed.kind == FIRST).sum() == 6
+    assert packed.positions[0, 12:18, 0].eq(600).all() and packed.positions[0, :12, 0].min() == 601
+
+
+@pytest.mark.parametrize("kv_heads", [HEADS, 2])
+def test_i2v_inference_pass_matches_the_official_formulation(kv_heads):
+    """§B5-B9: both guidance branches hold the clean first frame after the generated frames (time 600, the
+    generated at 601…), the pt value is given as is, no logits come from the first frame; our sampler's network
+    call (TextConditionedNet over the T-frame map with frame 0 given) equals the plain restatement."""
+    from grn.sampling.guidance import apply_guidance
+    from grn.sampling.text import TextConditionedNet, pad_texts
+
+    from reference_t2iv import reference_i2v_guided_logits
+
+    sd = random_official_state(kv_heads, seed=5)
+    net = load_official_t2iv(sd, hbq_rounds=2, attention="fsa")
+    assert net.i2v_mode == "first_frame"  # the official files are sampled in the official form
+    c, gen_t, h, w = net.label_channels, 3, 2, 3
+    g = torch.Generator().manual_seed(9)
+    maps = torch.randint(0, 2, (2, c, gen_t + 1, h, w), generator=g)  # frame 0: each sample's first frame
+    cond, uncond = [torch.randn(n, TEXT_DIM, generator=g) for n in (5, 3)], torch.randn(4, TEXT_DIM, generator=g)
+    pts = torch.tensor([0.0, 0.43])
+    feats, lens = pad_texts([*cond, uncond])
+    call = TextConditionedNet(net, feats, lens, first_frame_tokens=True)
+    with torch.no_grad():
+        out = call(torch.cat([maps, maps]), torch.cat([pts, pts]), torch.tensor([0, 1, 2, 2]))
+        assert out.shape == (4, 2, c, gen_t + 1, h, w) and out[:, :, :, 0].eq(0).all()  # frame 0: unread
+        ours = apply_guidance(out[:2].float(), out[2:].float(), torch.tensor([3.0, 3.0]))[:, :, :, 1:]
+        for i in range(2):
+            ref = exact(reference_i2v_guided_logits, sd, maps[i, :, 1:], maps[i, :, :1], cond[i], uncond,
+                        pts[i], 3.0, heads=HEADS)
+            assert ref.abs().max() > 1.0
+            assert_parity(ours[i].permute(2, 3, 4, 1, 0).reshape(-1, c, 2), ref)
+            # layout errors are visible at this scale: the generated frames from 600 (no t_offset), or the
+            # unconditional branch without the first frame, give other logits; the T-frame map with the clean
+            # first frame in frame 0 gives the same ones (same tokens and positions, another order)
+            one = dict(heads=HEADS, first_frames=[maps[i, :, :1]])
+            gen, kp = [maps[i, :, 1:]], pts[i:i + 1]
+            cond_ref = exact(reference_forward_fsa, sd, gen, [cond[i]], kp, **one)
+            no_offset = exact(reference_forward_fsa, sd, gen, [cond[i]], kp, generated_t_offset=0, **one)
+            assert (no_offset - cond_ref).abs().max() > 1e-2
+            no_first = exact(reference_forward_fsa, sd, gen, [uncond], kp, heads=HEADS)
+            assert (no_first + 3.0 * (cond_ref - no_first) - ref).abs().max() > 1e-2
+            t_frames = exact(reference_forward_fsa, sd, [maps[i]], [cond[i]], kp, heads=HEADS)
+            assert_parity(t_frames[h * w:], cond_ref)
+
+
+def test_packed_i2v_and_plain_samples_match_the_official_formulation():
+    sd = random_official_state(2, seed=6)
+    net = load_official_t2iv(sd, hbq_rounds=2, attention="fsa")
+    c = net.label_channels
+    specs = [SampleSpec(2, 2, 3, 4, first_frame=True), SampleSpec(2, 2, 2, 3), SampleSpec(1, 3, 2, 2, first_frame=True)]
+    g = torch.Generator().manual_seed(2)
+    samples = [torch.randint(0, 2, (c, s.frames, s.height, s.width), generator=g) for s in specs]
+    firsts = [torch.randint(0, 2, (c, 1, s.height, s.width), generator=g) if s.first_frame else None for s in specs]
+    texts = [torch.randn(s.text_len, TEXT_DIM, generator=g) for s in specs]
+    kps = torch.tensor([0.2, 0.6, 0.8])
+    layout = packed_layout(specs, rows=[[0, 1], [2]], row_length=50)
+    with torch.no_grad():
+        ref = exact(reference_forward_fsa, sd, samples, texts, kps, heads=HEADS, first_frames=firsts)
+        ours = net.forward_layout(layout, torch.cat([flat(s) for s in samples]), kps, torch.cat(texts),
+                                  first_labels=torch.cat([flat(f) for f in firsts if f is not None]))
+        assert_parity(ours, ref)
+        with pytest.raises(ValueError, match="first_labels"):
+            net.forward_layout(layout, torch.cat([flat(s) for s in samples]), kps, torch.cat(texts))
+
+
+def test_first_frame_forward_equals_the_t_frame_map_and_the_caption_cache():
+    """The official form sees the same tokens at the same positions as a T-frame map whose frame 0 is clean
+    (attention does not depend on the order), under both patterns; the text_only caption cache gives the same."""
+    for attention in ("text_only", "fsa"):
+        torch.manual_seed(0)
+        net = build_t2iv("tiny", latent_dim=4, hbq_rounds=2, text_dim=16, attention=attention).eval()
+        lab = torch.randint(0, 2, (2, net.label_channels, 3, 2, 3))
+        text, lens, kp = torch.randn(2, 5, 16), torch.tensor([5, 3]), torch.tensor([0.3, 0.6])
+        with torch.no_grad():
+            first = net(lab[:, :, 1:], kp, text, lens, first_frame=lab[:, :, :1])
+            assert first.shape == (2, 2, net.label_channels, 2, 2, 3)
+            torch.testing.assert_close(first, net(lab, kp, text, lens)[:, :, :, 1:], atol=1e-5, rtol=0)
+            if attention == "text_only":
+                cached = net.forward_cached(lab[:, :, 1:], kp, net.text_cache(text, lens),
+                                            first_frame=lab[:, :, :1])
+                torch.testing.assert_close(cached, first, atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="first_frame must be"):
+            net(lab[:, :, 1:], kp, text, lens, first_frame=lab[:1, :, :1])
+    with pytest.raises(ValueError, match="i2v_mode"):
+        build_t2iv("tiny", latent_dim=4, hbq_rounds=2, i2v_mode="last_frame")

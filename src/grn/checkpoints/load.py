@@ -80,7 +80,11 @@ def load_network(ckpt_path: str | os.PathLike, kind: str = "generator", ema: str
                              "(a tokenizer checkpoint goes to tokenizer_ckpt)")
         raise ValueError(f"{path} is not a {what} checkpoint of grn (no hyper_parameters.net): give the .ckpt of a "
                          f"{what} run or an official release file")
-    net = build_from_config(hp["net"], {kind}, path, "hyper_parameters.net")
+    net_cfg = hp["net"]
+    if kind == "t2iv" and isinstance(net_cfg, dict) and "i2v_mode" not in net_cfg:
+        # saved before the setting existed: those runs sampled image-to-video in the region form
+        net_cfg = {**net_cfg, "i2v_mode": "region"}
+    net = build_from_config(net_cfg, {kind}, path, "hyper_parameters.net")
     state = ckpt["state_dict"]
     net.load_state_dict(strip_prefix(state, NET_PREFIX))
     if ema is not None and not is_export(ckpt):

@@ -98,7 +98,8 @@ def to_official_keys(state: dict[str, torch.Tensor], block_chunks: int) -> dict[
 def infer_t2iv_config(state: dict[str, torch.Tensor], hbq_rounds: int = 4, target: str = "bits",
                       attention: str = TEXT_ONLY) -> dict[str, Any]:
     """Constructor arguments (a Hydra ``_target_`` dict) of the network an official or our state dict holds;
-    ``attention`` (not in the weights, see :func:`attention_of_file`) is recorded as given."""
+    ``attention`` (not in the weights, see :func:`attention_of_file`) is recorded as given, and ``i2v_mode`` as
+    ``first_frame``: the official image-to-video form (official update §B; the TITAN file serves T2V and I2V)."""
     if attention not in ATTENTION_PATTERNS:
         raise ValueError(f"unknown attention pattern {attention!r}; choose one of {ATTENTION_PATTERNS}")
     chunks = [int(m[1]) for m in map(_OFFICIAL_BLOCK.match, state) if m]
@@ -132,7 +133,7 @@ def infer_t2iv_config(state: dict[str, torch.Tensor], hbq_rounds: int = 4, targe
         if kv_heads != num_heads:
             cfg["num_kv_heads"] = kv_heads
     cfg.update(latent_dim=width // per_channel, hbq_rounds=hbq_rounds, target=target,
-               text_dim=state["text_proj.weight"].shape[1], attention=attention)
+               text_dim=state["text_proj.weight"].shape[1], attention=attention, i2v_mode="first_frame")
     return cfg
 
 

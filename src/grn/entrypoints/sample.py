@@ -76,7 +76,7 @@ def run_text(cfg: DictConfig) -> Path:
     if task is None and cfg.frames and int(cfg.frames) > 1:
         pipe.task = "t2v"
     sampler = SamplerConfig.build(cfg.sampler)
-    image = load_picture(cfg.image, int(cfg.height)) if cfg.image else None
+    image = str(cfg.image) if cfg.image else None  # read as the official pipeline reads first_frame_path
     out_images = pipe(prompts, seed=int(cfg.seed), height=int(cfg.height), width=int(cfg.width),
                       frames=int(cfg.frames) if cfg.frames else None, negative_prompt=str(cfg.negative_prompt),
                       image=image, progress=True, sampler=sampler).images

@@ -69,7 +69,7 @@ def _flag(key: str, value: Any) -> None:
 def check_sampler(sampler: Mapping | None, prefix: str = "sampler") -> None:
     """The sampler keys of ``conf/sampler`` (those present), each in range and consistent with the schedule."""
     from grn.precision import PRECISIONS
-    from grn.sampling.config import BIT_TARGETS, SAMPLER_DEFAULTS, unknown_keys
+    from grn.sampling.config import BIT_TARGETS, I2V_CHOICES, SAMPLER_DEFAULTS, unknown_keys
     from grn.sampling.guidance import GUIDANCE_TYPES, check_interval
     from grn.sampling.refine import PT_VALUES
     from grn.sampling.schedules import SCHEDULES
@@ -95,7 +95,8 @@ def check_sampler(sampler: Mapping | None, prefix: str = "sampler") -> None:
         if name in s:
             number(key(name), s[name], **bounds)
     for name, choices in (("schedule", SCHEDULES), ("cfg_type", GUIDANCE_TYPES), ("selection", SELECTIONS),
-                          ("bit_target", BIT_TARGETS), ("precision", PRECISIONS), ("pt_value", PT_VALUES)):
+                          ("bit_target", BIT_TARGETS), ("precision", PRECISIONS), ("pt_value", PT_VALUES),
+                          ("i2v_mode", I2V_CHOICES)):
         if name in s:
             choice(key(name), s[name], choices)
     for name in ("revise", "compile"):
@@ -179,6 +180,8 @@ LEAF_RANGES: dict[str, dict] = {
     "max_aspect_ratio": dict(ge=1), "min_duration": dict(ge=0),
     "num_classes": dict(integer=True, ge=1, optional=True, note=" (null: a text model)"),
 }
+# keys with a fixed set of values (the T2I/T2V network's image-to-video form)
+LEAF_CHOICES: dict[str, tuple] = {"i2v_mode": ("first_frame", "region")}
 # lists whose every entry has a range
 LIST_RANGES: dict[str, dict] = {"ema_decays": _PROB, "betas": dict(ge=0, lt=1), "channel_mult": _POSITIVE_INT}
 # checked on their own (check_sampler, check_eval), and not part of what a stage builds
@@ -198,6 +201,8 @@ def check_numbers(section: Any, prefix: str) -> None:
         key = f"{prefix}.{name}"
         if name in LEAF_RANGES:
             number(key, section[name], **LEAF_RANGES[name])
+        elif name in LEAF_CHOICES:
+            choice(key, section[name], LEAF_CHOICES[name])
         elif name in LIST_RANGES:
             values = section[name]
             if values is None:

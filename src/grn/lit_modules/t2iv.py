@@ -36,8 +36,16 @@ from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
 from grn.models.packing import SampleSpec, packed_layout
-from grn.objective import mix_with_noise_and_mask, realised_keep_prob, sample_keep_prob, sample_weights, segment_mean
-from grn.prompts import PREFIXES, ensure_prefix, sample_task
+from grn.objective import (
+    draw_first_frame_condition,
+    mix_with_noise_and_mask,
+    realised_keep_prob,
+    sample_keep_prob,
+    sample_weights,
+    segment_mean,
+    text_sample_losses,
+)
+from grn.prompts import PREFIXES, as_first_frame_caption, ensure_prefix, sample_task
 from grn.sampling.config import SamplerConfig
 from grn.sampling.refine import PT_VALUES, RefineResult
 from grn.sampling.text import pad_texts, sample_t2iv
@@ -69,6 +77,10 @@ class T2IVLitModule(RefinementLitModule):
             them: ``prompt_prefix`` of the data configs; official update §A6). Training checks that every
             non-empty string caption carries one, and :meth:`sample` adds them to its prompts. Cached caption
             features are taken as given (their cache records whether it was built with prefixes).
+        i2v_ratio: share of video clips trained with the official first-frame condition (official update §B1,
+            §B10; :func:`grn.objective.text_sample_losses`): latent frame 0's clean tokens are the condition, the
+            loss is over frames 1…T-1 only, and a ``"<T2V>"`` caption becomes ``"<I2V>"``. 0 (default, the
+            released script): none. Not with packed batches (``rows``) yet. Sample such a model with ``i2v_mode=first_frame`` (the network's setting).
     """
 
     def __init__(
@@ -90,10 +102,13 @@ class T2IVLitModule(RefinementLitModule):
         pt_value: str = "nominal",
         loss_weight_power: float = 0.0,
         prompt_prefix: bool = False,
+        i2v_ratio: float = 0.0,
     ):
         super().__init__()
         if pt_value not in PT_VALUES:
             raise ValueError(f"pt_value={pt_value!r} is invalid: choose one of {' | '.join(PT_VALUES)}")
+        if not 0.0 <= float(i2v_ratio) <= 1.0:
+            raise ValueError(f"i2v_ratio={i2v_ratio!r} is invalid: it must be in [0, 1]")
         # plain containers in the checkpoint's hyper_parameters (save_hyperparameters reads these locals)
         optimizer = optimizer if optimizer is not None else adamw(betas=(0.9, 0.999), weight_decay=0.005)
         net, text_encoder, sampler, optimizer, lr_scheduler, ema_decays, tokenizer_ckpt = plain_hparams(
@@ -121,8 +136,11 @@ class T2IVLitModule(RefinementLitModule):
         once per process (the memo), in one encoder call for all new ones."""
         return encode_memoized(self.text_encoder, self.__dict__["_text_memo"], captions, self.device)
 
-    def _text(self, part: Mapping[str, Any], drop: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded caption features ``[B, L, D]`` and lengths ``[B]`` of a batch part; dropped rows get ``""``."""
+    def _text(self, part: Mapping[str, Any], drop: torch.Tensor | None,
+              first_frame: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded caption features ``[B, L, D]`` and lengths ``[B]`` of a batch part; dropped rows get ``""``;
+        rows with the first-frame condition get their ``<T2V>`` prefix as ``<I2V>`` (string captions; cached
+        features are used as cached)."""
         if "text" in part:
             text, lens = part["text"].float(), part["text_lens"].long()
             if drop is not None and bool(drop.any()):
@@ -140,6 +158,8 @@ class T2IVLitModule(RefinementLitModule):
             if bare:
                 raise ValueError(f"prompt_prefix=true but the caption {bare[0]!r} has no <T2I>/<T2V>/<I2V> prefix: "
                                  "set the data's prompt_prefix too (the data adds the prefixes)")
+        if first_frame is not None:
+            captions = [as_first_frame_caption(c) if f else c for c, f in zip(captions, first_frame.tolist())]
         if drop is not None:
             captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         text, lens = pad_texts(self.encode_captions(captions))
@@ -197,18 +217,20 @@ class T2IVLitModule(RefinementLitModule):
         x = self.target_labels(part["tokens"])
         b = x.shape[0]
         t = self.sample_keep_prob(b, generator)
-        text, lens = self._text(part, self._drop_mask(b, x.device, generator, drop))
+        dropped = self._drop_mask(b, x.device, generator, drop)
+        first = draw_first_frame_condition(x, self.hparams.get("i2v_ratio", 0.0), generator)  # official I2V
+        text, lens = self._text(part, dropped, first)
         z, keep = mix_with_noise_and_mask(x, t, self.num_levels, generator)
         pt = realised_keep_prob(keep) if self.hparams.pt_value == "realised" else t
-        logits = self.net(z, pt, text, lens).float()
-        ce = F.cross_entropy(logits, x, reduction="none").flatten(1).mean(1)  # [B]
-        acc = (logits.argmax(1) == x).flatten(1).float().mean(1)
+        ce, acc = text_sample_losses(self.net, x, z, pt, text, lens, first, with_accuracy=True)  # [B] each
         n = torch.full((b,), x[0, 0].numel(), device=x.device)  # T·h·w
         return {kind: (ce, acc, n)}
 
     def _packed_part(self, kind: str, part: Mapping[str, Any], generator, drop: bool):
         """Samples of any shapes packed into rows (``rows``): ``{"image"/"video": (ce, accuracy, tokens)}`` by
         sample shape (one latent frame: image). The loops run over samples, never over tokens."""
+        if self.hparams.get("i2v_ratio", 0.0) > 0:
+            raise ValueError("i2v_ratio > 0 is not supported with packed batches yet: set the data's packing off")
         tokens = list(part["tokens"])
         s = len(tokens)
         device = tokens[0].device

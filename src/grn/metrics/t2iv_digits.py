@@ -10,9 +10,9 @@
   the direction is read from the ink centroid's motion between the first and the last frame (chance 0.25), the
   digit by the classifier on a ``digit_size`` window around the centroid of the middle frame, scaled to 32×32
   (chance 0.1).
-* I2V (also :func:`evaluate_t2v`): the same clips generated from the first frame of real held-out clips (the first
-  latent frame held fixed): direction accuracy from the caption, and the share of first frames returned
-  bit-identical.
+* I2V (:func:`evaluate_i2v`, also run by :func:`evaluate_t2v`): the same clips generated from the first frame of
+  real held-out clips (its latent frame given, in the network's ``i2v_mode`` form or ``sampler["i2v_mode"]``):
+  direction accuracy from the caption, and the share of first frames returned bit-identical.
 
 Each returns ``(metrics, grids)``: the metrics under the task's key (``{"t2i": {...}}``, ``{"t2v": ..., "i2v":
 ...}``) and the sample grids (:func:`save_grid`). The text → labels sampler is passed in (:class:`TextModel`), so
@@ -43,6 +43,7 @@ __all__ = [
     "centroids",
     "describe",
     "digit_windows",
+    "evaluate_i2v",
     "evaluate_t2i",
     "evaluate_t2v",
     "load_with_encoder",
@@ -173,18 +174,31 @@ def evaluate_t2v(model: TextModel, classifier: nn.Module, per_caption: int = 10,
                        "digit_accuracy": (got_digit == digits).float().mean().item(), "clips": len(captions)}}
     pick = torch.arange(0, len(captions), n_each * 4)[:10]  # one clip per digit
     grids = {"t2v": _frames_grid(clips[pick], frames)}
-    # image-to-video: real held-out first frames, new captions for their direction
+    metrics["i2v"], grids["i2v"] = evaluate_i2v(model, i2v_clips, seed, sampler, frames, digit_size)
+    return metrics, grids
+
+
+@torch.no_grad()
+def evaluate_i2v(model: TextModel, clips: int = 40, seed: int = 0, sampler: dict | None = None, frames: int = 5,
+                 digit_size: int = 24) -> tuple[dict, Grid]:
+    """Image-to-video from the first frames of ``clips`` real held-out moving-digits clips (at most 360), each
+    with the caption of its own digit and direction: ``({"direction_accuracy", "first_frame_labels_identical",
+    "clips", "i2v_mode"}, grid of the first 5)``. ``sampler["i2v_mode"]`` (or the network's) picks the form."""
+    sampler = sampler or {}
+    tok, net = model.tokenizer, model.net
+    s = tok.spatial_stride
+    shape = (net.label_channels, 1 + (frames - 1) // tok.temporal_stride, SIZE // s, SIZE // s)
     real, real_digits, real_dirs, _ = moving_digits("val", frames=frames, digit_size=digit_size)
-    real, real_digits, real_dirs = real[:i2v_clips], real_digits[:i2v_clips], real_dirs[:i2v_clips]
+    real, real_digits, real_dirs = real[:clips], real_digits[:clips], real_dirs[:clips]
     first = tok.encode(real[:, :, :1], target="index")  # [B, d, 1, h, w] latent frame 0
     first_net = hbq.index_labels_to_bit_labels(first, net.hbq_rounds) if net.target == "bits" else first
     caps = [_caption(d, k) for d, k in zip(real_digits.tolist(), real_dirs.tolist())]
     i2v, res = model.pixels(caps, shape, seed, sampler, first_frame=first_net[:, :, 0])
     kept = (res.labels[:, :, :1] == first).flatten(1).all(1).float().mean().item()
-    metrics["i2v"] = {"direction_accuracy": (read_direction(i2v) == real_dirs).float().mean().item(),
-                      "first_frame_labels_identical": kept, "clips": len(caps)}
-    grids["i2v"] = _frames_grid(i2v[:5], frames)
-    return metrics, grids
+    metrics = {"direction_accuracy": (read_direction(i2v) == real_dirs).float().mean().item(),
+               "first_frame_labels_identical": kept, "clips": len(caps),
+               "i2v_mode": sampler.get("i2v_mode") or getattr(net, "i2v_mode", "region")}
+    return metrics, _frames_grid(i2v[:5], frames)
 
 
 def describe(metrics: dict) -> list[str]:

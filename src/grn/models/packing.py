@@ -2,6 +2,9 @@
 
 A layout has B rows of L slots. Each row holds one or more samples; a sample is a contiguous segment
 ``[visual tokens (T·h·w, (t, h, w) row-major) | pt token | its caption's text tokens]``; unused slots are padding.
+An image-to-video sample in the official first-frame form (official update §B5-B6, B10) is
+``[generated frames (T·h·w, time positions 601…) | first frame (h·w, clean, time position 600) | pt | text]``: the
+first-frame tokens are visual tokens for attention, but no logits are read from them.
 Attention, two patterns (the network's ``attention`` setting):
 
 * ``text_only`` (facts §4.3, the old releases): visual and pt tokens attend to every token of their own sample
@@ -24,15 +27,18 @@ permutation-equivariant, so the logits are the same.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from grn.models.rope3d import pt_position, text_positions, visual_positions
 
-VISUAL, PT, TEXT, PAD = 0, 1, 2, 3
+VISUAL, PT, TEXT, PAD, FIRST = 0, 1, 2, 3, 4  # FIRST: the clean first frame of an I2V sample
 TEXT_ONLY, FSA = "text_only", "fsa"
 ATTENTION_PATTERNS = (TEXT_ONLY, FSA)
+# how image-to-video is sampled (the network's ``i2v_mode``): the official first-frame tokens (this module's FIRST
+# slots) | the first latent frame held as known tokens of the map (region re-generation)
+I2V_MODES = ("first_frame", "region")
 
 
 @dataclass(frozen=True)
@@ -44,14 +50,21 @@ class SampleSpec:
     width: int
     text_len: int
     h_div_w_template: float | None = None  # None: the template nearest to height / width
+    first_frame: bool = False  # I2V: ``frames`` generated frames (positions 601…) plus a clean first frame (600)
 
     @property
     def num_visual(self) -> int:
+        """The tokens the network predicts (the generated frames)."""
         return self.frames * self.height * self.width
 
     @property
+    def num_first(self) -> int:
+        """The first frame's tokens (0 without one)."""
+        return self.height * self.width if self.first_frame else 0
+
+    @property
     def num_tokens(self) -> int:
-        return self.num_visual + 1 + self.text_len
+        return self.num_visual + self.num_first + 1 + self.text_len
 
 
 @dataclass
@@ -59,12 +72,14 @@ class Layout:
     """Where each token of a ``[B, L]`` sequence comes from.
 
     sample_id: int64 ``[B, L]``, the sample each slot belongs to (-1: padding).
-    kind: int64 ``[B, L]``, VISUAL / PT / TEXT / PAD.
+    kind: int64 ``[B, L]``, VISUAL / PT / TEXT / PAD / FIRST.
     positions: float32 ``[B, L, 3]``, 3-D RoPE positions (0 for padding).
     visual_index: int64 ``[Nv]``, flat slots (``b·L + l``) of the visual tokens, samples in order, each (t, h, w)
         row-major — the order of the ``visual_labels`` rows the network takes.
     pt_index: int64 ``[S]``, the flat slot of each sample's pt token.
     text_index: int64 ``[Nt]``, flat slots of the text tokens, samples in order.
+    first_index: int64 ``[Nf]``, flat slots of the I2V first-frame tokens, samples in order, each (h, w)
+        row-major (empty without I2V samples) — the order of the ``first_labels`` rows the network takes.
     """
 
     sample_id: torch.Tensor
@@ -73,6 +88,7 @@ class Layout:
     visual_index: torch.Tensor
     pt_index: torch.Tensor
     text_index: torch.Tensor
+    first_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -113,32 +129,37 @@ class Layout:
 
 
 def batched_layout(
-    frames: int, height: int, width: int, text_lens: torch.Tensor, h_div_w_template: float | None = None
+    frames: int, height: int, width: int, text_lens: torch.Tensor, h_div_w_template: float | None = None,
+    first_frame: bool = False,
 ) -> Layout:
     """One sample per row, each ``[visual (T·h·w) | pt | text (text_lens[b]) | padding to max(text_lens)]``.
 
-    ``text_lens``: int64 ``[B]``.
+    ``text_lens``: int64 ``[B]``. ``first_frame``: every row is I2V in the official form, ``[generated (T·h·w, time
+    positions 601 … 600 + T) | first frame (h·w, time position 600) | pt | text | padding]``.
     """
     text_lens = text_lens.long()
     device = text_lens.device
     bsz = text_lens.shape[0]
     n_vis = frames * height * width
+    n_first = height * width if first_frame else 0
+    n_img = n_vis + n_first  # visual-like slots before the pt token
     max_text = int(text_lens.max()) if bsz else 0
-    length = n_vis + 1 + max_text
+    length = n_img + 1 + max_text
     slot = torch.arange(length, device=device)
-    text_slot = slot[None, :] - (n_vis + 1)  # [1, L], text token number of each slot
+    text_slot = slot[None, :] - (n_img + 1)  # [1, L], text token number of each slot
     kind = torch.full((bsz, length), PAD, dtype=torch.long, device=device)
     kind[:, :n_vis] = VISUAL
-    kind[:, n_vis] = PT
+    kind[:, n_vis:n_img] = FIRST
+    kind[:, n_img] = PT
     is_text = (text_slot >= 0) & (text_slot < text_lens[:, None])
     kind[is_text] = TEXT
     rows = torch.arange(bsz, device=device)
     sample_id = torch.where(kind == PAD, -1, rows[:, None].expand(bsz, length))
 
     positions = torch.zeros(bsz, length, 3, device=device)
-    positions[:, :n_vis] = visual_positions(frames, height, width, h_div_w_template).to(device)
-    positions[:, n_vis] = pt_position().to(device)
-    positions[:, n_vis + 1 :, 0] = torch.arange(max_text, dtype=torch.float32, device=device)
+    positions[:, :n_img] = _image_positions(frames, height, width, h_div_w_template, first_frame).to(device)
+    positions[:, n_img] = pt_position().to(device)
+    positions[:, n_img + 1 :, 0] = torch.arange(max_text, dtype=torch.float32, device=device)
     positions = positions * (kind != PAD)[..., None]
 
     flat = rows[:, None] * length
@@ -147,9 +168,20 @@ def batched_layout(
         kind=kind,
         positions=positions,
         visual_index=(flat + slot[None, :n_vis]).reshape(-1),
-        pt_index=rows * length + n_vis,
+        pt_index=rows * length + n_img,
         text_index=(flat + slot[None, :]).masked_select(is_text),
+        first_index=(flat + slot[None, n_vis:n_img]).reshape(-1),
     )
+
+
+def _image_positions(frames: int, height: int, width: int, h_div_w_template: float | None,
+                     first_frame: bool) -> torch.Tensor:
+    """Positions of a sample's visual-like tokens: its ``frames`` frames from time 600, or, with ``first_frame``,
+    the generated frames from 601 (official ``t_offset=1``) followed by the first frame at 600 (``t_offset=0``)."""
+    if not first_frame:
+        return visual_positions(frames, height, width, h_div_w_template)
+    return torch.cat([visual_positions(frames, height, width, h_div_w_template, frame_offset=1),
+                      visual_positions(1, height, width, h_div_w_template, frame_offset=0)])
 
 
 def packed_layout(
@@ -175,23 +207,27 @@ def packed_layout(
     kind = torch.full((bsz, length), PAD, dtype=torch.long)
     positions = torch.zeros(bsz, length, 3)
     vis_at, pt_at, text_at = [None] * len(specs), [0] * len(specs), [None] * len(specs)
+    first_at = [torch.zeros(0, dtype=torch.long)] * len(specs)
     for r, members in enumerate(rows):
         start = 0
         for i in members:
             s = specs[i]
             seg = slice(start, start + s.num_tokens)
             sample_id[r, seg] = i
+            n_img = s.num_visual + s.num_first
             kind[r, seg] = torch.cat([
-                torch.full((s.num_visual,), VISUAL), torch.tensor([PT]), torch.full((s.text_len,), TEXT)
+                torch.full((s.num_visual,), VISUAL), torch.full((s.num_first,), FIRST), torch.tensor([PT]),
+                torch.full((s.text_len,), TEXT)
             ])
             positions[r, seg] = torch.cat([
-                visual_positions(s.frames, s.height, s.width, s.h_div_w_template), pt_position(),
+                _image_positions(s.frames, s.height, s.width, s.h_div_w_template, s.first_frame), pt_position(),
                 text_positions(s.text_len),
             ])
             base = r * length + start
             vis_at[i] = torch.arange(base, base + s.num_visual)
-            pt_at[i] = base + s.num_visual
-            text_at[i] = torch.arange(base + s.num_visual + 1, base + s.num_tokens)
+            first_at[i] = torch.arange(base + s.num_visual, base + n_img)
+            pt_at[i] = base + n_img
+            text_at[i] = torch.arange(base + n_img + 1, base + s.num_tokens)
             start += s.num_tokens
     empty = torch.zeros(0, dtype=torch.long)
     return Layout(
@@ -201,6 +237,7 @@ def packed_layout(
         visual_index=torch.cat(vis_at) if specs else empty,
         pt_index=torch.tensor(pt_at, dtype=torch.long),
         text_index=torch.cat(text_at) if specs else empty,
+        first_index=torch.cat(first_at) if specs else empty,
     )
 
 

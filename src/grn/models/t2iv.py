@@ -13,6 +13,14 @@ attends only its own caption, so a caption's keys and values never change and :m
 once) or ``fsa`` (the ``…_FSA_…`` releases, official update §C2: every token attends to its whole sample, text
 included). The network is the same; only the mask differs (:mod:`grn.models.packing`).
 
+Image-to-video (``i2v_mode``, recorded in the config like ``attention``): ``first_frame`` is the official form
+(official update §B): the given first frame's clean labels are extra tokens after the generated frames, at RoPE time
+position 600 with the generated frames at 601…, and no logits are read from them (:meth:`T2IVNet.forward` with
+``first_frame=``); ``region`` is the project's earlier form, in which the first latent frame is held fixed as known
+tokens of the same T-frame map by the sampler's region mechanism (:func:`grn.sampling.text.first_frame_condition`).
+The two see the same tokens at the same positions; they differ in the pt value the sampler gives (§B7) and in
+where the condition sits. The network is the same; ``i2v_mode`` only tells the sampler which form to use.
+
 The visual input is an embedding lookup: ``embedding_bag`` over a token's C labels sums the columns of
 ``word_embed`` that the official one-hot map would select (channel-major one-hot channel ``c·K + label``, facts
 §1.4), so the maths and the ``word_embed.weight`` shape ``[D, C·K]`` match the official network without a one-hot
@@ -31,11 +39,11 @@ from torch import nn
 
 from grn import hbq
 from grn.models.layers import RMSNorm, TimestepEmbedder, flash_varlen
-from grn.models.packing import ATTENTION_PATTERNS, FSA, TEXT_ONLY, Layout, batched_layout
+from grn.models.packing import ATTENTION_PATTERNS, FSA, I2V_MODES, TEXT_ONLY, Layout, batched_layout
 from grn.models.rope3d import pt_position, rope3d_cos_sin, visual_positions
 from grn.models.t2iv_attention import T2IV_ATTN_BACKENDS, SelfAttention, VarlenAttention, flex_block_mask
 
-__all__ = ["T2IV_ATTN_BACKENDS", "T2IV_SIZES", "Block", "LabelHead", "MLP", "SelfAttention", "T2IVNet", "T2IVSize",
+__all__ = ["I2V_MODES", "T2IV_ATTN_BACKENDS", "T2IV_SIZES", "Block", "LabelHead", "MLP", "SelfAttention", "T2IVNet", "T2IVSize",
            "TextCache", "VarlenAttention", "build_t2iv", "flex_block_mask"]
 
 
@@ -137,6 +145,11 @@ class T2IVNet(nn.Module):
             ``fsa`` on CUDA in bf16/fp16, flash-attn's varlen kernel runs instead where it is installed.
         attention: ``text_only`` (the old releases) or ``fsa`` (full attention within each sample, the
             ``…_FSA_…`` releases); stored in the config, so a saved model reloads with its pattern.
+        i2v_mode: how image-to-video is sampled: ``first_frame`` (official update §B: the first frame's clean tokens
+            appended at time position 600, the pt value over the generated tokens only; the official models and
+            the project configs) or ``region`` (the first latent frame held fixed as known tokens of the map; the
+            pt value counts them as real). Stored in the config; project checkpoints saved before the setting
+            existed load with ``region``, as they were sampled.
     """
 
     num_classes = None  # text-conditioned: no class vocabulary (class-to-image networks have an int here)
@@ -155,12 +168,16 @@ class T2IVNet(nn.Module):
         attn_backend: str = "sdpa",
         num_kv_heads: int | None = None,
         attention: str = TEXT_ONLY,
+        i2v_mode: str = "first_frame",
     ):
         super().__init__()
         if depth % block_chunks:
             raise ValueError(f"depth {depth} is not divisible by block_chunks {block_chunks}")
         if attention not in ATTENTION_PATTERNS:
             raise ValueError(f"unknown attention pattern {attention!r}; choose one of {ATTENTION_PATTERNS}")
+        if i2v_mode not in I2V_MODES:
+            raise ValueError(f"unknown i2v_mode {i2v_mode!r}; choose one of {I2V_MODES}")
+        self.i2v_mode = i2v_mode
         self.latent_dim = latent_dim
         self.hbq_rounds = hbq_rounds
         self.target = target
@@ -254,6 +271,7 @@ class T2IVNet(nn.Module):
         keep_prob: torch.Tensor,
         text: torch.Tensor,
         mask=None,
+        first_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The network over any layout (packed or batched).
 
@@ -263,8 +281,10 @@ class T2IVNet(nn.Module):
             keep_prob: float ``[S]``, each sample's pt value.
             text: float ``[Nt, text_dim]``, the caption tokens in ``layout.text_index`` order.
             mask: a precomputed :meth:`attention_mask` (reuse it across refinement steps), or None.
+            first_labels: int64 ``[Nf, C]``, the clean labels of the I2V first-frame tokens in
+                ``layout.first_index`` order (needed when the layout has any).
         Returns:
-            logits float32 ``[Nv, C, K]`` for the visual tokens.
+            logits float32 ``[Nv, C, K]`` for the visual tokens (first-frame tokens get none).
         """
         bsz, length = layout.shape
         if visual_labels.shape != (layout.visual_index.numel(), self.label_channels):
@@ -272,9 +292,16 @@ class T2IVNet(nn.Module):
                              f"got {list(visual_labels.shape)}")
         if text.shape != (layout.text_index.numel(), self.text_dim):
             raise ValueError(f"text must be [{layout.text_index.numel()}, {self.text_dim}], got {list(text.shape)}")
+        n_first = layout.first_index.numel()
+        if n_first and (first_labels is None or first_labels.shape != (n_first, self.label_channels)):
+            got = None if first_labels is None else list(first_labels.shape)
+            raise ValueError(f"the layout has {n_first} first-frame tokens: first_labels must be "
+                             f"[{n_first}, {self.label_channels}], got {got}")
         dim = self.word_embed.out_features
         x = torch.zeros(bsz * length, dim, device=visual_labels.device)
         x = x.index_copy(0, layout.visual_index, self.embed_labels(visual_labels))
+        if n_first:  # clean labels through the same one-hot and word_embed (§B4)
+            x = x.index_copy(0, layout.first_index, self.embed_labels(first_labels))
         x = x.index_copy(0, layout.pt_index, self.embed_keep_prob(keep_prob))
         x = x.index_copy(0, layout.text_index, self.embed_text(text))
         x = x.view(bsz, length, dim).to(self.word_embed.weight.dtype)
@@ -316,24 +343,32 @@ class T2IVNet(nn.Module):
         keep_prob: torch.Tensor,
         cache: TextCache,
         h_div_w_template: float | None = None,
+        first_frame: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:meth:`forward` with the captions' keys and values from :meth:`text_cache` (rows already selected,
-        one per sample): only the visual and pt tokens are computed. Same logits as :meth:`forward`
+        one per sample): only the visual, first-frame and pt tokens are computed. Same logits as :meth:`forward`
         (``text_only`` networks only)."""
         self._check_caption_cache()
         video, image = self._as_video(labels)
         b, c, t, h, w = video.shape
         n_vis = t * h * w
-        x = torch.cat([self.embed_labels(video.permute(0, 2, 3, 4, 1).reshape(-1, c)).view(b, n_vis, -1),
-                       self.embed_keep_prob(keep_prob)[:, None]], dim=1).to(self.word_embed.weight.dtype)
-        pos = torch.cat([visual_positions(t, h, w, h_div_w_template), pt_position()]).to(labels.device)
+        parts = [self.embed_labels(video.permute(0, 2, 3, 4, 1).reshape(-1, c)).view(b, n_vis, -1)]
+        if first_frame is None:
+            pos = [visual_positions(t, h, w, h_div_w_template)]
+        else:
+            first = self._first_frame_labels(first_frame, labels.shape)
+            parts.append(self.embed_labels(first).view(b, h * w, -1))
+            pos = [visual_positions(t, h, w, h_div_w_template, frame_offset=1),
+                   visual_positions(1, h, w, h_div_w_template)]
+        x = torch.cat([*parts, self.embed_keep_prob(keep_prob)[:, None]], dim=1).to(self.word_embed.weight.dtype)
+        pos = torch.cat([*pos, pt_position()]).to(labels.device)
         cos, sin = rope3d_cos_sin(pos, self.head_dim)
         lens = cache.lens.to(labels.device)
         width = cache.kv[0][0].shape[2]
         mask = None  # every caption as long as the widest: no mask at all (flash kernels can run)
         if bool((lens < width).any()):
             text_ok = torch.arange(width, device=labels.device)[None] < lens[:, None]
-            mask = torch.cat([torch.ones(b, n_vis + 1, dtype=torch.bool, device=labels.device), text_ok], 1)
+            mask = torch.cat([torch.ones(b, x.shape[1], dtype=torch.bool, device=labels.device), text_ok], 1)
             mask = mask[:, None, None, :]
         for block, kv in zip(self.blocks, cache.kv):
             x = block(x, cos, sin, mask, extra_kv=kv)
@@ -346,11 +381,16 @@ class T2IVNet(nn.Module):
         text: torch.Tensor,
         text_lens: torch.Tensor,
         h_div_w_template: float | None = None,
+        first_frame: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Same-shape samples, one per row: ``labels [B, C, (T,) h, w]`` -> ``logits [B, K, C, (T,) h, w]``.
 
         ``text`` ``[B, L_text, text_dim]`` is read up to ``text_lens[b]`` per sample; the rest is padding that
         no token attends to.
+
+        ``first_frame``: official image-to-video (update §B5-B6): the clean labels ``[B, C, (1,) h, w]`` of latent
+        frame 0. ``labels`` are then the generated frames 1…T-1 (time positions 601…), the first frame's tokens
+        follow them at time position 600, and the logits are the generated frames' only.
         """
         video, image = self._as_video(labels)
         b, c, t, h, w = video.shape
@@ -358,10 +398,23 @@ class T2IVNet(nn.Module):
         if text.shape[0] != b or text_lens.shape != (b,) or int(text_lens.max()) > text.shape[1]:
             raise ValueError(f"text must be [{b}, >= max(text_lens), {self.text_dim}] with text_lens [{b}], got "
                              f"{list(text.shape)} and {list(text_lens.shape)}")
-        layout = batched_layout(t, h, w, text_lens, h_div_w_template)
+        first = None if first_frame is None else self._first_frame_labels(first_frame, labels.shape)
+        layout = batched_layout(t, h, w, text_lens, h_div_w_template, first_frame=first is not None)
         valid = torch.arange(text.shape[1], device=text.device)[None] < text_lens[:, None]
-        logits = self.forward_layout(layout, video.permute(0, 2, 3, 4, 1).reshape(-1, c), keep_prob, text[valid])
+        logits = self.forward_layout(layout, video.permute(0, 2, 3, 4, 1).reshape(-1, c), keep_prob, text[valid],
+                                     first_labels=first)
         return self._to_maps(logits, video.shape, image)
+
+    def _first_frame_labels(self, first_frame: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """First-frame labels ``[B, C, (1,) h, w]`` of a batch of generated frames ``shape`` -> ``[B·h·w, C]``."""
+        if len(shape) != 5:
+            raise ValueError("with first_frame, labels are the generated frames [B, C, T, h, w]")
+        b, c, _, h, w = shape
+        first = first_frame.unsqueeze(2) if first_frame.dim() == 4 else first_frame
+        if first.shape != (b, c, 1, h, w):
+            raise ValueError(f"first_frame must be [{b}, {c}, (1,) {h}, {w}] (the generated frames' batch, "
+                             f"channels and grid), got {list(first_frame.shape)}")
+        return first.permute(0, 2, 3, 4, 1).reshape(-1, c)
 
 
 def build_t2iv(size: str = "tiny", num_classes: None = None, **kwargs) -> T2IVNet:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from grn.models.packing import I2V_MODES
 from grn.precision import PRECISIONS
 from grn.sampling.guidance import GUIDANCE_TYPES, check_interval
 from grn.sampling.refine import PT_VALUES
@@ -26,7 +27,8 @@ from grn.sampling.selection import SELECTIONS
 
 BIT_TARGETS = (None, "absolute", "relative")
 # the keys that are settings of the sampling entry, not arguments of refine()
-_ENTRY_KEYS = ("seed", "bit_target", "compile", "precision")
+_ENTRY_KEYS = ("seed", "bit_target", "compile", "precision", "i2v_mode")
+I2V_CHOICES = (None, *I2V_MODES)
 _INTS = ("num_steps", "complexity_warmup_steps", "complexity_min_steps", "complexity_max_steps", "seed")
 _FLOATS = ("keep_prob_shift", "cfg_scale", "cfg_power", "temperature", "alpha", "k", "b")
 
@@ -61,6 +63,7 @@ class SamplerConfig:
     complexity_max_steps: int = 50
     seed: int = 0
     pt_value: str = "nominal"
+    i2v_mode: str | None = None  # image-to-video: first_frame | region; null: the network's (its config)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -78,7 +81,8 @@ class SamplerConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"sampler.{name}={getattr(self, name)!r} is invalid: it must be true or false")
         for name, choices in (("schedule", SCHEDULES), ("cfg_type", GUIDANCE_TYPES), ("selection", SELECTIONS),
-                              ("bit_target", BIT_TARGETS), ("precision", PRECISIONS), ("pt_value", PT_VALUES)):
+                              ("bit_target", BIT_TARGETS), ("precision", PRECISIONS), ("pt_value", PT_VALUES),
+                              ("i2v_mode", I2V_CHOICES)):
             if getattr(self, name) not in choices:
                 shown = " | ".join("null" if c is None else str(c) for c in choices)
                 raise ValueError(f"sampler.{name}={getattr(self, name)!r} is invalid: choose one of {shown}")
@@ -112,7 +116,7 @@ class SamplerConfig:
 
     def refine_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`grn.sampling.refine.refine` (everything but ``seed``, ``bit_target``,
-        ``compile`` and ``precision``, which the entry functions apply themselves)."""
+        ``compile``, ``precision`` and ``i2v_mode``, which the entry functions apply themselves)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ENTRY_KEYS}
 
     def to_dict(self) -> dict[str, Any]:

@@ -114,6 +114,7 @@ def refine(
     bit_target: str = "absolute",
     callback: Callable[[int], None] | None = None,
     pt_value: str = "nominal",
+    pt_counts_known: bool = True,
 ) -> RefineResult:
     """Run the refinement loop.
 
@@ -144,6 +145,10 @@ def refine(
         pt_value: what the network is told as its input's keep-probability: ``nominal`` (the schedule's t_i; with
             ``known`` tokens ``known_share + (1 - known_share)·t_i``) or ``realised`` (the share of the region the
             previous step actually kept, 0 at step 0; given tokens do not count, as the released I2V sampler).
+        pt_counts_known: with ``known`` tokens and ``pt_value=nominal``: True tells the network the share of real
+            tokens in the whole map (``known_share + (1 - known_share)·t_i``, region re-generation); False tells it
+            ``t_i``, the share over the region only (the official first-frame I2V, whose first frame is extra
+            tokens outside the generated map, official update §B7).
     Returns:
         :class:`RefineResult`; stats ``keep_prob``, ``cfg_scale``, ``entropy`` (Eq. 8 of the conditional
         prediction), ``kept_fraction`` (share of the region kept from the prediction for the next step),
@@ -220,8 +225,10 @@ def refine(
         t_now = keep_at(i, idx)  # nominal, over the region
         if pt_value == "realised":
             t_in = realised[idx]
-        else:  # the share of real tokens in the whole input: the given ones count as real
+        elif pt_counts_known:  # the share of real tokens in the whole input: the given ones count as real
             t_in = (known_share[idx] + (1.0 - known_share[idx]) * t_now).float()
+        else:  # the share over the generated tokens only
+            t_in = t_now.float()
         scale = guidance_scales(t_now, cfg_scale, cfg_interval, cfg_type, cfg_power)
         guided = (scale != 1.0).nonzero().squeeze(1)
         if guided.numel() and null is None:

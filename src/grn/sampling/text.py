@@ -9,9 +9,21 @@ the cosine / shifted schedule, guidance interval, temperature, complexity-aware 
 (one ``torch.Generator`` drives every draw; the official T2I/T2V sampler ignores its seed) and region
 re-generation — is ``refine``'s.
 
-Image-to-video: the given first frame is encoded (the tokenizer is causal, so latent frame 0 depends only on
-pixel frame 0) and held fixed as known tokens while the other latent frames are generated —
-:func:`first_frame_condition` builds the ``known`` / ``region`` pair that ``refine`` takes.
+Image-to-video: the given first frame is encoded once as a 1-frame clip (the tokenizer is causal, so this is
+latent frame 0 of a clip that starts with the image) and its labels never change. Two forms (``i2v_mode``: the
+network's config, or ``sampler.i2v_mode``):
+
+* ``first_frame`` (official update §B5-B9): the first frame's clean tokens are appended after the generated frames
+  in the network's sequence (time position 600, the generated frames at 601…), in the conditional and the
+  unconditional branch alike (guidance contrasts only the text); no logits are read for them; the pt value is over
+  the generated tokens only (``pt_value=realised``: the share of them the previous step kept, 0 at step 0; nominal:
+  t_i); the output's frame 0 is the first frame's labels.
+* ``region``: latent frame 0 is held fixed as known tokens of the T-frame map (region re-generation); with
+  ``pt_value=nominal`` the network is told the share of real tokens in the whole map, given ones included.
+
+Both run :func:`refine` over the T-frame map with frame 0 known (:func:`first_frame_condition` builds the
+``known`` / ``region`` pair), so the loop, its draws and the returned frame 0 are the same; in ``first_frame``
+form the network wrapper (:class:`TextConditionedNet`) splits frame 0 off as the condition tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from typing import Any
 import torch
 
 from grn import hbq
+from grn.models.packing import I2V_MODES
 from grn.models.t2iv import T2IVNet
 from grn.precision import autocast
 from grn.sampling.config import SamplerConfig
@@ -51,25 +64,39 @@ class TextConditionedNet:
     tokens. Under ``fsa`` text attends the visual tokens, so its keys and values change every step: the cache is
     never used there (``cache_text`` is ignored) and every step runs the full sequence, as the FSA release does.
     ``False`` runs the full sequence every step.
+
+    ``first_frame_tokens``: official I2V (module docstring): the maps ``[B', C, T, h, w]`` refine passes hold the
+    given first frame in frame 0; it goes to the network as the clean condition tokens
+    (:meth:`T2IVNet.forward` ``first_frame=``) and frames 1… as the generated ones. Frame 0's logits, which
+    refine never uses there (it is outside the region), are returned as zeros.
     """
 
     def __init__(self, net: T2IVNet, features: torch.Tensor, lens: torch.Tensor,
-                 h_div_w_template: float | None = None, cache_text: bool = True):
+                 h_div_w_template: float | None = None, cache_text: bool = True, first_frame_tokens: bool = False):
         self.net = net
         self.features = features
         self.lens = lens.to(features.device)
         self.h_div_w_template = h_div_w_template
         self.cache_text = cache_text and net.caption_kv_static  # never under fsa: text K/V depend on the map
+        self.first_frame_tokens = first_frame_tokens
         self._cache = None
 
     def __call__(self, labels: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        extra = {}
+        if self.first_frame_tokens:
+            extra = {"first_frame": labels[:, :, :1]}
+            labels = labels[:, :, 1:]
         if self.cache_text:
             if self._cache is None:
                 self._cache = self.net.text_cache(self.features, self.lens)
-            return self.net.forward_cached(labels, t, self._cache.select(ids), self.h_div_w_template)
-        lens = self.lens[ids]
-        text = self.features[ids, : int(lens.max())]  # only as wide as the longest caption of this call
-        return self.net(labels, t, text, lens, self.h_div_w_template)
+            out = self.net.forward_cached(labels, t, self._cache.select(ids), self.h_div_w_template, **extra)
+        else:
+            lens = self.lens[ids]
+            text = self.features[ids, : int(lens.max())]  # only as wide as the longest caption of this call
+            out = self.net(labels, t, text, lens, self.h_div_w_template, **extra)
+        if self.first_frame_tokens:  # [B', K, C, T - 1, h, w] -> frame 0 back in, with logits nobody reads
+            out = torch.cat([out.new_zeros(out[:, :, :, :1].shape), out], dim=3)
+        return out
 
 
 def first_frame_condition(first: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +138,7 @@ def sample_text_to_labels(
     known: torch.Tensor | None = None,
     region: torch.Tensor | None = None,
     callback: Callable[[int], None] | None = None,
+    i2v_mode: str | None = None,
     **overrides: Any,
 ) -> RefineResult:
     """Generate label maps (the network's layout) for encoded captions; the layer under :func:`sample_t2iv`.
@@ -127,6 +155,8 @@ def sample_text_to_labels(
         generator: the source of every random draw; same seed and device -> same labels.
         first_frame: image-to-video: labels ``[B, C, h, w]`` of latent frame 0 (:func:`encode_first_frame`),
             returned unchanged while the other frames are generated. Needs a video ``label_shape``.
+        i2v_mode: ``first_frame`` | ``region`` (module docstring); None: ``sampler.i2v_mode``, else the network's
+            ``i2v_mode``.
         h_div_w_template: the aspect-ratio template for the 3-D RoPE positions (default: nearest to h / w).
         cache_text: compute the captions' keys and values once (see :class:`TextConditionedNet`; ignored for
             ``attention='fsa'`` networks, where it would be wrong).
@@ -136,6 +166,7 @@ def sample_text_to_labels(
         :class:`RefineResult` with labels ``[B, *label_shape]``.
     """
     cfg = SamplerConfig.build(sampler, **overrides)
+    mode = resolve_i2v_mode(net, i2v_mode or cfg.i2v_mode)
     bsz = len(texts)
     rows = list(texts)
     null = None
@@ -147,7 +178,8 @@ def sample_text_to_labels(
         null = bsz + torch.arange(bsz) if len(negative_texts) == bsz else bsz
     features, lens = pad_texts(rows)
     device = features.device
-    cond_net = TextConditionedNet(net, features, lens, h_div_w_template, cache_text)
+    official_i2v = first_frame is not None and mode == "first_frame"
+    cond_net = TextConditionedNet(net, features, lens, h_div_w_template, cache_text, first_frame_tokens=official_i2v)
     if first_frame is not None:
         if len(label_shape) != 4:
             raise ValueError("image-to-video needs a video label_shape (C, T, h, w)")
@@ -164,8 +196,17 @@ def sample_text_to_labels(
         known=known,
         region=region,
         callback=callback,
+        pt_counts_known=not official_i2v,  # official I2V: the pt value is over the generated tokens only (§B7)
         **cfg.refine_options(),
     )
+
+
+def resolve_i2v_mode(net: T2IVNet, i2v_mode: str | None = None) -> str:
+    """``i2v_mode`` if given, else the network's (``region`` for a network without the setting)."""
+    mode = i2v_mode or getattr(net, "i2v_mode", "region")
+    if mode not in I2V_MODES:
+        raise ValueError(f"i2v_mode must be one of {I2V_MODES}, got {mode!r}")
+    return mode
 
 
 @torch.no_grad()
@@ -192,7 +233,8 @@ def sample_t2iv(
         label_shape: the network's ``(C, h, w)`` or ``(C, T, h, w)``.
         negative_prompt: the unconditional branch of guidance, one for all or one per caption (official ``""``);
             encoded only when guidance is on.
-        first_frame: image-to-video: labels of latent frame 0 in the network's layout ``[B, C, h, w]``.
+        first_frame: image-to-video: labels of latent frame 0 in the network's layout ``[B, C, h, w]``, in the
+            form ``sampler.i2v_mode`` names (null: the network's ``i2v_mode``; see the module docstring).
         sampler, overrides: as :func:`sample_text_to_labels`. ``precision`` (``fp32`` | ``bf16`` | ``auto``,
             :mod:`grn.precision`): bf16 autocast for the network passes; the label head, and so the logits the
             sampler draws from, stay fp32. ``compile`` applies to the class-conditional sampler only.
