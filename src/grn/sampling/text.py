@@ -26,7 +26,7 @@ from grn import hbq
 from grn.models.t2iv import T2IVNet
 from grn.precision import autocast
 from grn.sampling.config import SamplerConfig
-from grn.sampling.refine import RefineResult, refine
+from grn.sampling.refine import RefineResult, RefineStep, refine
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def sample_text_to_labels(
     known: torch.Tensor | None = None,
     region: torch.Tensor | None = None,
     callback: Callable[[int], None] | None = None,
+    on_step: Callable[[RefineStep], None] | None = None,
     **overrides: Any,
 ) -> RefineResult:
     """Generate label maps (the network's layout) for encoded captions; the layer under :func:`sample_t2iv`.
@@ -132,6 +133,7 @@ def sample_text_to_labels(
             ``attention='fsa'`` networks, where it would be wrong).
         known, region: region re-generation, as :func:`refine` (not together with ``first_frame``).
         callback: called with the step index after each step.
+        on_step: called with a :class:`~grn.sampling.refine.RefineStep` after each step (see :func:`refine`).
     Returns:
         :class:`RefineResult` with labels ``[B, *label_shape]``.
     """
@@ -164,6 +166,7 @@ def sample_text_to_labels(
         known=known,
         region=region,
         callback=callback,
+        on_step=on_step,
         **cfg.refine_options(),
     )
 
@@ -180,6 +183,9 @@ def sample_t2iv(
     sampler: SamplerConfig | None = None,
     *,
     callback: Callable[[int], None] | None = None,
+    on_step: Callable[[RefineStep], None] | None = None,
+    known: torch.Tensor | None = None,
+    region: torch.Tensor | None = None,
     **overrides: Any,
 ) -> RefineResult:
     """The T2I / T2V / I2V sampling entry: captions -> index labels ``[B, d, (T,) h, w]`` (bits are converted).
@@ -193,11 +199,16 @@ def sample_t2iv(
         negative_prompt: the unconditional branch of guidance, one for all or one per caption (official ``""``);
             encoded only when guidance is on.
         first_frame: image-to-video: labels of latent frame 0 in the network's layout ``[B, C, h, w]``.
+        known, region: region re-generation: index labels ``[B, d, (T,) h, w]`` to keep (converted to bits
+            for a GRN_bit network) and a bool mask broadcastable to them, True where to generate.
+        callback, on_step: per-step observers (:func:`sample_text_to_labels`).
         sampler, overrides: as :func:`sample_text_to_labels`. ``precision`` (``fp32`` | ``bf16`` | ``auto``,
             :mod:`grn.precision`): bf16 autocast for the network passes; the label head, and so the logits the
             sampler draws from, stay fp32. ``compile`` applies to the class-conditional sampler only.
     """
     cfg = SamplerConfig.build(sampler, **overrides)
+    if known is not None and net.target == "bits":
+        known = hbq.index_labels_to_bit_labels(known, net.hbq_rounds)
     if cfg.compile:
         log.warning("sampler.compile applies to the class-conditional sampler; T2I/T2V sampling runs eagerly")
     texts = encode(list(captions))
@@ -208,7 +219,8 @@ def sample_t2iv(
     try:
         with autocast(cfg.precision, next(net.parameters()).device):
             result = sample_text_to_labels(net, texts, label_shape, negative, cfg, generator=generator,
-                                           first_frame=first_frame, callback=callback)
+                                           first_frame=first_frame, callback=callback, on_step=on_step,
+                                           known=known, region=region)
     finally:
         net.train(was_training)
     if net.target == "bits":
