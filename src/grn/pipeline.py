@@ -11,11 +11,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.progress import Progress
 
 from grn.checkpoints import load_generator, load_tokenizer
@@ -25,6 +25,8 @@ from grn.pipeline_hub import HubMixin
 from grn.pipeline_output import PipelineOutput
 from grn.sampling.config import SamplerConfig
 from grn.sampling.entry import sample_labels
+from grn.sampling.refine import RefineStep
+from grn.sampling.region import latent_region, region_condition
 
 __all__ = ["GRNPipeline", "PipelineOutput"]
 
@@ -166,8 +168,7 @@ class GRNPipeline(HubMixin):
     def latent_region(self, mask: torch.Tensor) -> torch.Tensor:
         """Pixel mask ``[B, 1, H, W]`` (True/1 = regenerate) -> token mask ``[B, 1, h, w]``: a token is
         regenerated if any pixel of its patch is masked."""
-        stride = self.tokenizer.spatial_stride
-        return F.max_pool2d(mask.float(), stride, stride) > 0
+        return latent_region(mask, self.tokenizer.spatial_stride)
 
     @torch.no_grad()
     def __call__(
@@ -178,6 +179,8 @@ class GRNPipeline(HubMixin):
         init: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         sampler: SamplerConfig | None = None,
+        on_step: Callable[[RefineStep], None] | None = None,
+        init_labels: torch.Tensor | None = None,
         **overrides: Any,
     ) -> PipelineOutput:
         """Generate one image per class id; same seed and device -> same images.
@@ -187,8 +190,12 @@ class GRNPipeline(HubMixin):
             init, mask: region re-generation. ``init`` pixels ``[B or 1, 3, H, W]`` in [-1, 1] (an existing image
                 or an earlier sample) and ``mask`` ``[B or 1, 1, H, W]``, nonzero where to regenerate. Tokens
                 outside the (token-rounded) mask keep the encoded labels of ``init`` exactly.
+            init_labels: instead of ``init``, the index labels ``[B or 1, d, h, w]`` to keep (an earlier
+                sample's ``labels``: revising it keeps its own tokens, not its decoded pixels re-encoded).
             sampler: the settings (:class:`~grn.sampling.config.SamplerConfig`, default: ``self.sampler``, else
                 its defaults);
+            on_step: called after each refinement step with a :class:`~grn.sampling.refine.RefineStep` (the
+                maps in the network's layout; the studio's live view and progress bar); free when None.
             overrides: config keys on top (num_steps, schedule, cfg_scale, cfg_interval, temperature, ...).
                 ``sampler.seed`` is not read: ``seed`` seeds the draws.
         """
@@ -196,22 +203,15 @@ class GRNPipeline(HubMixin):
         y = torch.as_tensor(classes, dtype=torch.long, device=self.device).view(-1)
         if (y < 0).any() or (y >= self.generator.num_classes).any():
             raise ValueError(f"class ids must be in [0, {self.generator.num_classes}), got {y.tolist()}")
-        known = region = None
-        if (init is None) != (mask is None):
-            raise ValueError("region re-generation needs both init (the image) and mask (where to regenerate)")
-        if init is not None:
-            size = self.image_size
-            if init.shape[-2:] != (size, size) or mask.shape[-2:] != (size, size):
-                raise ValueError(f"init and mask must be {size}x{size}, got {list(init.shape)} and {list(mask.shape)}")
-            known = self.tokenizer.encode(init.to(self.device), target="index").expand(len(y), -1, -1, -1)
-            region = self.latent_region(mask.to(self.device)).expand(len(y), -1, -1, -1)
+        size = (self.image_size, self.image_size)
+        known, region = region_condition(self.tokenizer, len(y), size, init, mask, init_labels, self.device)
         g = torch.Generator(device=self.device).manual_seed(int(seed))
         if progress:
             with Progress(transient=True) as bar:
                 task = bar.add_task(f"refining {len(y)} image(s)", total=cfg.max_steps)
                 result = sample_labels(self.generator, y, g, cfg, known=known, region=region,
-                                       callback=lambda i: bar.advance(task))
+                                       callback=lambda i: bar.advance(task), on_step=on_step)
         else:
-            result = sample_labels(self.generator, y, g, cfg, known=known, region=region)
+            result = sample_labels(self.generator, y, g, cfg, known=known, region=region, on_step=on_step)
         images = self.tokenizer.decode_labels(result.labels, target="index").clamp(-1, 1)
         return PipelineOutput.of(images, result)

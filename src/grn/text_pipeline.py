@@ -12,6 +12,7 @@ Image-to-video follows the network's ``i2v_mode`` (official first-frame tokens o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from grn.models.text_encoder import encode_memoized
 from grn.pipeline_hub import TEXT_GRID_PROMPTS, HubMixin
 from grn.pipeline_output import PipelineOutput
 from grn.sampling.config import SamplerConfig
+from grn.sampling.refine import RefineStep
+from grn.sampling.region import latent_region, region_condition
 from grn.sampling.text import sample_t2iv
 
 TEXT_TASKS = ("t2i", "t2v", "i2v")
@@ -123,6 +126,11 @@ class TextPipeline(HubMixin):
         """Caption features ``[L_i, D]`` float32, each distinct caption encoded once per pipeline."""
         return encode_memoized(self.text_encoder, self._memo, captions, self.device)
 
+    def latent_region(self, mask: torch.Tensor) -> torch.Tensor:
+        """Pixel mask ``[B, 1, H, W]`` (True/1 = regenerate) -> token mask ``[B, 1, h, w]``: a token is
+        regenerated if any pixel of its patch is masked (as :meth:`GRNPipeline.latent_region`)."""
+        return latent_region(mask, self.tokenizer.spatial_stride)
+
     def latent_frames(self, frames: int) -> int:
         stride = self.tokenizer.temporal_stride
         if frames < 1 or (frames - 1) % stride:
@@ -141,6 +149,10 @@ class TextPipeline(HubMixin):
         image: Any = None,
         progress: bool = False,
         sampler: SamplerConfig | None = None,
+        init: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        init_labels: torch.Tensor | None = None,
+        on_step: Callable[[RefineStep], None] | None = None,
         **overrides: Any,
     ) -> PipelineOutput:
         """Generate one image (t2i) or clip (t2v / i2v) per prompt; same seed and device -> same output.
@@ -155,6 +167,12 @@ class TextPipeline(HubMixin):
                 centre crop to ``height × width``). It is encoded once as a 1-frame clip and its labels are the
                 output's first latent frame; the network sees it in its ``i2v_mode`` form (``i2v_mode=`` /
                 ``sampler.i2v_mode`` overrides; :mod:`grn.sampling.text`).
+            init, mask: region re-generation of an image (one frame, not with ``image``): ``init`` pixels
+                ``[B or 1, 3, height, width]`` in [-1, 1] and ``mask`` ``[B or 1, 1, height, width]``, nonzero
+                where to regenerate (rounded up to whole tokens, :meth:`latent_region`); every token outside
+                keeps the encoded labels of ``init`` exactly. ``init_labels`` (index labels
+                ``[B or 1, d, h, w]``, e.g. an earlier sample's) may stand in for ``init``.
+            on_step: called after each refinement step with a :class:`~grn.sampling.refine.RefineStep`.
             sampler: the settings (:class:`~grn.sampling.config.SamplerConfig`, default: ``self.sampler``, else
                 its defaults, so
                 ``schedule=linear``; the official T2I/T2V settings, as ``conf/task/t2i.yaml``, use ``cosine``);
@@ -176,7 +194,11 @@ class TextPipeline(HubMixin):
         lat_t = self.latent_frames(frames)
         c = self.net.label_channels
         shape = (c, height // s, width // s) if lat_t == 1 and image is None else (c, lat_t, height // s, width // s)
-        first = None
+        first = known = region = None
+        if mask is not None and (image is not None or lat_t != 1):
+            raise ValueError("region re-generation works on images: give init/mask without image and frames")
+        known, region = region_condition(self.tokenizer, len(prompts), (height, width), init, mask,
+                                         init_labels, self.device)
         if image is not None and not isinstance(image, torch.Tensor):
             image = first_frame_tensor(image, height, width) if isinstance(image, (str, Path)) else \
                 cover_crop(image.convert("RGB"), height, width)
@@ -191,7 +213,8 @@ class TextPipeline(HubMixin):
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(f"refining {len(prompts)} sample(s)", total=cfg.max_steps)
             result = sample_t2iv(self.net, self.encode, prompts, shape, g, negative_prompt, first, cfg,
-                                 callback=lambda i: bar.advance(task))
+                                 callback=lambda i: bar.advance(task), on_step=on_step, known=known,
+                                 region=region)
         features = hbq.dequantize(result.labels, self.net.hbq_rounds, "index")
         images = self.tokenizer.decode(features).clamp(-1, 1)
         return PipelineOutput.of(images, result)
