@@ -46,6 +46,10 @@ def main() -> None:
     p.add_argument("--digit-size", type=int, default=24, help="digit side in the clips, as the data config")
     p.add_argument("--i2v-clips", type=int, default=40, help="real held-out clips whose first frame starts I2V")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/grn"))
+    p.add_argument("--pt-value", choices=["nominal", "realised"], default=None,
+                   help="the sampler's pt value (default: as the model was trained, its pt_value)")
+    p.add_argument("--joint", action="store_true",
+                   help="one model for both (experiment=t2iv_official_digits): T2I is measured on the t2v stage")
     args = p.parse_args()
     if not args.run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {args.run_dir} (of train.py experiment=t2iv_digits)")
@@ -57,14 +61,18 @@ def main() -> None:
     out: dict = {"settings": {**sampler, "per_caption": args.per_caption, "seed": args.seed},
                  "classifier_val_accuracy": clf_acc}
     for task in ("t2i", "t2v"):
-        ckpt = args.run_dir / task / "checkpoints" / "last.ckpt"
+        stage = "t2v" if args.joint else task
+        ckpt = args.run_dir / stage / "checkpoints" / "last.ckpt"
         if not ckpt.is_file():
             continue
-        model = TextModel(*load_with_encoder(ckpt), tok, sample_t2iv)
+        net, encode, hp = load_with_encoder(ckpt, with_hparams=True)
+        model = TextModel.from_hparams(net, encode, tok, sample_t2iv, hp)
+        opts = {**sampler, "pt_value": args.pt_value or hp.get("pt_value", "nominal")}
+        out["settings"][f"{task}_pt_value"] = opts["pt_value"]
         if task == "t2i":
-            metrics, grids = evaluate_t2i(model, clf, args.per_caption, args.seed, sampler)
+            metrics, grids = evaluate_t2i(model, clf, args.per_caption, args.seed, opts)
         else:
-            metrics, grids = evaluate_t2v(model, clf, args.per_caption, args.seed, sampler, frames=args.frames,
+            metrics, grids = evaluate_t2v(model, clf, args.per_caption, args.seed, opts, frames=args.frames,
                                           digit_size=args.digit_size, i2v_clips=args.i2v_clips)
         out.update(metrics)
         for name, grid in grids.items():

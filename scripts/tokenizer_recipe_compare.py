@@ -88,7 +88,6 @@ def run_arm(arm: str, seed: int, args) -> dict:
             "image": scores(images, reconstruct(tok, images, True)),
             "video": scores(clips, reconstruct(tok, clips, True)),
         }
-    result["hparams"]["betas"] = list(result["hparams"]["betas"])
     return result
 
 

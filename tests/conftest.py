@@ -75,3 +75,39 @@ def full_digits_classifier_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("digits_classifier_full") / "digits_classifier.pt"
     digits.load_or_train_classifier(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_c2i_checkpoints(tmp_path_factory):
+    """``(generator.ckpt, tokenizer.ckpt)``: tiny untrained checkpoints in the training layout (the default tiny
+    configs, seed 0: 32x32 images, 8x8x4 tokens, M = 4, 10 classes), written once per test run."""
+    sys.path.insert(0, str(Path(__file__).parent / "entrypoints"))
+    from eval_fixtures import make_checkpoints
+
+    return make_checkpoints(tmp_path_factory.mktemp("tiny_c2i"))
+
+
+@pytest.fixture(scope="session")
+def tiny_text_checkpoints(tmp_path_factory):
+    """``(t2iv.ckpt, tokenizer.ckpt)``: a tiny untrained T2I/T2V checkpoint (GRN_bit, the tiny caption encoder)
+    on the tiny joint tokenizer (stride 8 in space, 4 in time), written once per test run."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from grn.lit_modules.t2iv import T2IVLitModule
+    from grn.models.ema import EMA
+    from tiny_nets import tiny_t2iv_config, tiny_text_encoder_config
+
+    root = tmp_path_factory.mktemp("tiny_text")
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "tokenizer" / "tiny_joint.yaml"))
+    torch.manual_seed(0)
+    tok = instantiate(cfg)
+    state = {f"tokenizer.{k}": v for k, v in tok.state_dict().items()}
+    state.update({f"ema.{k}": v for k, v in EMA(tok, 0.0).state_dict().items()})
+    tok_path = root / "tokenizer.ckpt"
+    torch.save({"hyper_parameters": {"tokenizer": cfg}, "state_dict": state}, tok_path)
+    module = T2IVLitModule(net=tiny_t2iv_config(cfg["latent_dim"], cfg["hbq_rounds"]),
+                           text_encoder=tiny_text_encoder_config(), tokenizer_ckpt=str(tok_path))
+    gen_path = root / "t2iv.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, gen_path)
+    return gen_path, tok_path

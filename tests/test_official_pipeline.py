@@ -4,6 +4,7 @@ official layouts, is called with the official argument names, honours the seed, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import numpy as np
@@ -34,35 +35,51 @@ def populate(cache, files: dict[str, object]) -> None:
         content(path) if callable(content) else torch.save(content, path)
 
 
-@pytest.fixture(scope="module")
-def hub_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("hf") / "hub"
+def official_release_files() -> dict[str, object]:
+    """Tiny stand-ins of the official T2I 2B / T2V 8B generators, the tokenizer and the umT5 encoder, by repo path
+    (seeded: the same files every call)."""
     torch.manual_seed(0)
     text = tiny_text_encoder(dim=32, num_layers=1, num_heads=4, seed=3)
     net = build_t2iv("tiny", latent_dim=4, hbq_rounds=4, target="bits", text_dim=32, block_chunks=2)
     state = {k: torch.randn_like(v) * 0.3 + (1.0 if "norm" in k else 0.0) for k, v in net.state_dict().items()}
     official = to_official_keys(state, block_chunks=2)
     tok = HBQTokenizer(**TINY_TOKENIZER).eval()
-    populate(cache, {
+    return {
         GENERATOR_FILES[("T2I", "GRN2b")]: official,
         GENERATOR_FILES[("T2V", "GRN8b")]: {"trainer": {"gpt_fsdp": official}},
         TOKENIZER_FILE: {"ema": tok.state_dict()},
         TEXT_ENCODER_WEIGHTS: hf_to_wan_t5(text.model.state_dict()),
         TEXT_ENCODER_TOKENIZER: lambda p: text.tokenizer.save_pretrained(p),
-    })
+    }
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("hf") / "hub"
+    populate(cache, official_release_files())
     return cache
+
+
+@contextlib.contextmanager
+def offline_cache(cache, monkeypatch):
+    """``HF_HUB_OFFLINE=1`` with the hub cache in ``cache`` (created) for the block; yields ``cache``."""
+    cache.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as C
+
+    importlib.reload(C)  # the hub reads these variables at import
+    try:
+        yield cache
+    finally:
+        monkeypatch.undo()
+        importlib.reload(C)
 
 
 @pytest.fixture
 def offline(hub_cache, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
-    import huggingface_hub.constants as C
-
-    importlib.reload(C)  # the hub reads these variables at import
-    yield hub_cache
-    monkeypatch.undo()
-    importlib.reload(C)
+    with offline_cache(hub_cache, monkeypatch):
+        yield hub_cache
 
 
 def test_t2i_official_call_resolves_files_and_honours_the_seed(offline):

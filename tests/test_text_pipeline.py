@@ -1,36 +1,16 @@
 """Text pipeline: from_pretrained(task=...), T2I images, T2V clips, I2V keeps the first frame, sample.py -> MP4."""
 
-from pathlib import Path
-
 import av
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from grn.entrypoints.common import CONF_DIR
-from grn.models.ema import EMA
-from grn.lit_modules.t2iv import T2IVLitModule
 from grn.pipeline import GRNPipeline
 from grn.text_pipeline import TextPipeline
-from tiny_nets import tiny_t2iv_config, tiny_text_encoder_config
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("text_pipeline")
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "tokenizer" / "tiny_joint.yaml"))
-    torch.manual_seed(0)
-    tok = instantiate(cfg)
-    state = {f"tokenizer.{k}": v for k, v in tok.state_dict().items()}
-    state.update({f"ema.{k}": v for k, v in EMA(tok, 0.0).state_dict().items()})
-    tok_path = root / "tokenizer.ckpt"
-    torch.save({"hyper_parameters": {"tokenizer": cfg}, "state_dict": state}, tok_path)
-    module = T2IVLitModule(net=tiny_t2iv_config(cfg["latent_dim"], cfg["hbq_rounds"]),
-                           text_encoder=tiny_text_encoder_config(), tokenizer_ckpt=str(tok_path))
-    gen_path = root / "t2v.ckpt"
-    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, gen_path)
-    return gen_path, tok_path
+def ckpts(tiny_text_checkpoints):
+    return tiny_text_checkpoints
 
 
 def test_from_pretrained_picks_the_text_pipeline_and_is_reproducible(ckpts):
@@ -92,3 +72,22 @@ def test_i2v_reads_an_image_file_as_the_official_pipeline_and_takes_either_form(
         assert torch.equal(res.labels[:, :, 0], want)
     from_pil = i2v(["a"], image=Image.open(tmp_path / "f.png"), height=16, width=24, frames=5, num_steps=2)
     assert torch.equal(from_pil.labels, res.labels)  # PIL image = file, region form (the network's) both times
+
+
+def test_t2i_region_regeneration_keeps_the_tokens_outside(ckpts):
+    pipe = GRNPipeline.from_pretrained(ckpts[0])
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 9:, 0:3] = 1  # token (1, 0) of the 2x2 grid
+    out = pipe(["a handwritten nine"], init=image, mask=mask, height=16, width=16, num_steps=3, cfg_scale=2.0)
+    known = pipe.tokenizer.encode(image, target="index")
+    region = pipe.latent_region(mask)
+    assert region.sum() == 1 and region[0, 0, 1, 0]
+    assert torch.equal(out.labels[:, :, 0], known[:, :, 0]) and torch.equal(out.labels[:, :, 1, 1], known[:, :, 1, 1])
+    again = pipe(["a handwritten nine"], init_labels=known, mask=mask, height=16, width=16, num_steps=3,
+                 cfg_scale=2.0)
+    assert torch.equal(again.labels, out.labels)  # the labels stand in for the pixels they encode
+    with pytest.raises(ValueError, match="works on images"):
+        pipe(["x"], init=image, mask=mask, height=16, width=16, frames=5)
+    with pytest.raises(ValueError, match="needs both"):
+        pipe(["x"], init=image, height=16, width=16)

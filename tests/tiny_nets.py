@@ -107,3 +107,24 @@ def quiet_cpu_trainer(steps: int, **kwargs: Any):
         num_sanity_val_steps=0,
     )
     return L.Trainer(max_steps=steps, **{**options, **kwargs})
+
+
+def tiny_tokenizer_ckpt(path, seed: int = 0, config: str = "tiny"):
+    """A tiny random tokenizer (``conf/model/tokenizer/<config>.yaml``) saved in the TokenizerLitModule checkpoint
+    layout (hyper_parameters + weights)."""
+    from pathlib import Path
+
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from grn.entrypoints.common import CONF_DIR
+    from grn.models.ema import EMA
+
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "tokenizer" / f"{config}.yaml"))
+    torch.manual_seed(seed)
+    tok = instantiate(cfg)
+    state = {f"tokenizer.{k}": v for k, v in tok.state_dict().items()}
+    state.update({f"ema.{k}": v for k, v in EMA(tok, 0.0).state_dict().items()})
+    torch.save({"hyper_parameters": {"tokenizer": cfg}, "state_dict": state}, path)
+    return path

@@ -5,10 +5,15 @@ the 8B T2I file ``GRN_T2I_titan_FSA_256x256.pth``, which the official pipeline c
 :func:`hub_file` / :func:`hub_folder` resolve them through ``huggingface_hub`` with its normal cache
 (``HF_HOME`` / ``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads the cache only). A file that is neither cached nor
 downloadable is one line naming it and where to put it.
+
+grn's own hub format (:mod:`grn.checkpoints.pretrained`) is found the same way: :func:`pretrained_resolver` gives the
+files of a saved folder or of a repo id, and :func:`push_folder` uploads one with ``huggingface_hub.HfApi``.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,3 +90,51 @@ def hub_folder(repo_id: str, folder: str, cache_dir: str | Path | None = None) -
     if not (root / folder).is_dir():
         raise _missing(repo_id, f"{folder}/", FileNotFoundError(folder))
     return root / folder
+
+
+# --- grn's own hub format (grn.checkpoints.pretrained): a local folder or a model repo of any owner -----------------
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def is_repo_id(source: str | Path) -> bool:
+    """``owner/name`` that is not an existing local path and does not name a checkpoint file."""
+    text = str(source)
+    return (bool(_REPO_ID.match(text)) and not Path(text).exists()
+            and not text.endswith((".ckpt", ".pth", ".pt", ".safetensors", ".json")))
+
+
+def pretrained_resolver(source: str | Path, cache_dir: str | Path | None = None) -> Callable[[str], Path]:
+    """``resolve(name) -> local path`` of the files of a saved pipeline: in the folder ``source``, or (a repo id)
+    through the hub cache, downloading unless offline. A missing file is one line naming it and where it goes."""
+    if is_repo_id(source):
+        def from_hub(name: str) -> Path:
+            try:
+                return hub_file(str(source), name, cache_dir)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"{err} ({source} is no local path either)") from None
+
+        return from_hub
+    folder = Path(source)
+
+    def resolve(name: str) -> Path:
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {folder} is not a complete saved grn pipeline (put {name} "
+                                    "there: pipe.save_pretrained(folder) writes it)")
+        return path
+
+    return resolve
+
+
+def push_folder(folder: str | Path, repo_id: str, token: str | None = None, private: bool | None = None,
+                commit_message: str = "Upload grn pipeline") -> str:
+    """Upload ``folder`` to the model repo ``repo_id`` (created if missing) with ``huggingface_hub.HfApi``;
+    ``token``: None uses the login of ``huggingface-cli login`` / ``HF_TOKEN``. Returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                             commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["draw_first_frame_condition", "mix_with_noise", "mix_with_noise_and_mask", "realised_keep_prob",
-           "sample_keep_prob", "shift_keep_prob", "text_sample_losses"]
+           "sample_keep_prob", "sample_weights", "segment_mean", "shift_keep_prob", "text_sample_losses"]
 
 
 def shift_keep_prob(keep_prob: torch.Tensor, shift: float) -> torch.Tensor:
@@ -72,6 +72,26 @@ def realised_keep_prob(keep: torch.Tensor) -> torch.Tensor:
     return keep.flatten(1).float().mean(1)
 
 
+def segment_mean(values: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """The mean of ``values`` ``[N]`` over each segment: ``segment`` int64 ``[N]`` gives each value's segment in
+    ``[0, num_segments)`` -> float32 ``[num_segments]`` (an empty segment's mean is 0). One ``index_add``, no loop:
+    the per-sample means of a packed sequence (a sample's tokens are one segment)."""
+    values = values.float()
+    sums = torch.zeros(num_segments, device=values.device).index_add(0, segment, values)
+    counts = torch.zeros(num_segments, device=values.device).index_add(0, segment, torch.ones_like(values))
+    return sums / counts.clamp_min(1.0)
+
+
+def sample_weights(num_tokens: torch.Tensor, power: float) -> torch.Tensor:
+    """Loss weights of the samples of one batch: ``w_i = N_i^r / sum_j N_j^r`` with ``N_i`` the sample's
+    predicted (visual) tokens ``T_i·h_i·w_i`` and ``r = power`` (the released T2I/T2V trainer's
+    ``reweight_loss_by_scale``: 0 by default, i.e. equal weights, and 0.5 in the released script; official
+    update §C4). ``num_tokens`` ``[S]`` -> float32 ``[S]`` summing to 1."""
+    n = num_tokens.float()
+    w = torch.ones_like(n) if power == 0 else n.pow(float(power))
+    return w / w.sum()
+
+
 def draw_first_frame_condition(labels: torch.Tensor, ratio: float,
                                generator: torch.Generator | None = None) -> torch.Tensor | None:
     """Which clips of a batch get the first-frame condition: bool ``[B]``, each True with probability ``ratio``
@@ -85,9 +105,10 @@ def draw_first_frame_condition(labels: torch.Tensor, ratio: float,
 
 def text_sample_losses(net: Callable[..., torch.Tensor], labels: torch.Tensor, mixed: torch.Tensor,
                        keep_prob: torch.Tensor, text: torch.Tensor, text_lens: torch.Tensor,
-                       first_frame: torch.Tensor | None = None) -> torch.Tensor:
+                       first_frame: torch.Tensor | None = None, with_accuracy: bool = False):
     """The T2I/T2V loss of each sample: cross-entropy per label, averaged over the sample's predicted labels
-    (facts §4.4) -> float32 ``[B]``.
+    (facts §4.4) -> float32 ``[B]``; with ``with_accuracy`` also the share of correctly predicted labels per
+    sample ``[B]``, as ``(loss, accuracy)``.
 
     ``net(mixed, keep_prob, text, text_lens[, first_frame=])`` is a :class:`~grn.models.t2iv.T2IVNet`; ``labels``
     the targets and ``mixed`` the input map (:func:`mix_with_noise_and_mask`), both ``[B, C, (T,) h, w]``;
@@ -108,12 +129,16 @@ def text_sample_losses(net: Callable[..., torch.Tensor], labels: torch.Tensor, m
             x = x[:, :, 1:]
         else:
             logits = net(z, pick(keep_prob), txt, lens)
-        return F.cross_entropy(logits.float(), x, reduction="none").flatten(1).mean(1)
+        logits = logits.float()
+        ce = F.cross_entropy(logits, x, reduction="none").flatten(1).mean(1)
+        return torch.stack([ce, (logits.argmax(1) == x).flatten(1).float().mean(1)], 1)  # [b, 2]
 
     if first_frame is None or not bool(first_frame.any()):
-        return losses(None, False)
-    if bool(first_frame.all()):
-        return losses(None, True)
-    cond, plain = first_frame.nonzero().squeeze(1), (~first_frame).nonzero().squeeze(1)
-    out = labels.new_zeros(labels.shape[0], dtype=torch.float32)
-    return out.index_put((cond,), losses(cond, True)).index_put((plain,), losses(plain, False))
+        both = losses(None, False)
+    elif bool(first_frame.all()):
+        both = losses(None, True)
+    else:
+        cond, plain = first_frame.nonzero().squeeze(1), (~first_frame).nonzero().squeeze(1)
+        both = labels.new_zeros(labels.shape[0], 2, dtype=torch.float32)
+        both = both.index_put((cond,), losses(cond, True)).index_put((plain,), losses(plain, False))
+    return (both[:, 0], both[:, 1]) if with_accuracy else both[:, 0]

@@ -73,10 +73,16 @@ class OfficialTextPipeline:
             weights = hub_file(hf_repo_id, files.text_encoder_weights, cache_dir)
             vocab = hub_folder(hf_repo_id, files.text_encoder_tokenizer, cache_dir)
             text_encoder = load_umt5_encoder(weights, vocab, dtype="float32", device=device)
-        net, _ = load_t2iv(generator, ema=None)
+        net, hp = load_t2iv(generator, ema=None)
         pipe = TextPipeline(net, text_encoder, load_tokenizer(tokenizer), official_task(task).lower(), device,
                             str(tokenizer))
+        pipe.origin = {"ckpt": str(generator), "tokenizer_ckpt": str(tokenizer), "hparams": hp}
         return cls(pipe, task, pn)
+
+    def save_pretrained(self, folder: str | Path, **options: Any) -> Path:
+        """The text pipeline in grn's hub format (:meth:`grn.pipeline_hub.HubMixin.save_pretrained`): the network
+        and tokenizer as safetensors, the umT5 encoder as a reference to the official files."""
+        return self.pipe.save_pretrained(folder, **options)
 
     def sampler_overrides(self, guidance_scale: float, temperature: float, snr_shift: float, tmin: int,
                           tmax: int, k: float, b: float, wp: int) -> dict[str, Any]:

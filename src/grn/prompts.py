@@ -23,8 +23,10 @@ __all__ = [
     "PREFIXES",
     "QUALITY_SUFFIX",
     "TASKS",
+    "ensure_prefix",
     "as_first_frame_caption",
     "inference_prompt",
+    "sample_task",
     "strip_prefix",
     "video_task",
     "with_prefix",
@@ -119,3 +121,17 @@ def inference_prompt(prompt: str, task: str, quality_suffix: bool = True) -> str
         return ""
     text = prompt + QUALITY_SUFFIX if task != "t2i" and quality_suffix else prompt
     return with_prefix(text, task)
+
+
+def ensure_prefix(caption: str, task: str) -> str:
+    """:func:`with_prefix` unless ``caption`` already starts with a task prefix (idempotent)."""
+    return caption if caption.startswith(tuple(PREFIXES.values())) else with_prefix(caption, task)
+
+
+def sample_task(image: bool, first_frame: bool = False, i2v_ratio: float | None = None) -> str:
+    """The prefix task of a prompt for a model trained with prefixes: ``t2i`` for an image, else ``t2v`` — or
+    ``i2v`` for image-to-video where the model was trained on first-frame captions (``i2v_ratio > 0``); a model
+    trained without them (the released script: ``i2v_ratio=0``) never saw ``<I2V>``."""
+    if image:
+        return "t2i"
+    return "i2v" if first_frame and float(i2v_ratio or 0) > 0 else "t2v"

@@ -12,6 +12,7 @@ Image-to-video follows the network's ``i2v_mode`` (official first-frame tokens o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,11 @@ from rich.progress import Progress
 from grn import hbq
 from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
+from grn.pipeline_hub import TEXT_GRID_PROMPTS, HubMixin
 from grn.pipeline_output import PipelineOutput
 from grn.sampling.config import SamplerConfig
+from grn.sampling.refine import RefineStep
+from grn.sampling.region import latent_region, region_condition
 from grn.sampling.text import sample_t2iv
 
 TEXT_TASKS = ("t2i", "t2v", "i2v")
@@ -63,11 +67,12 @@ def cover_crop(img, height: int, width: int) -> torch.Tensor:
     return (x.float().div(255) * 2 - 1).unsqueeze(0)
 
 
-class TextPipeline:
+class TextPipeline(HubMixin):
     """A trained T2I/T2V network, its frozen caption encoder and the frozen tokenizer that decodes its labels.
 
     ``task`` sets the defaults of :meth:`__call__`: ``t2i`` one frame, ``t2v`` / ``i2v`` ``frames`` frames
-    (``i2v`` expects a first frame).
+    (``i2v`` expects a first frame). ``sampler`` / ``origin``: as :class:`grn.pipeline.GRNPipeline`'s
+    (:meth:`save_pretrained` / :meth:`push_to_hub`, :mod:`grn.pipeline_hub`).
     """
 
     def __init__(self, net: T2IVNet, text_encoder, tokenizer: torch.nn.Module, task: str = "t2i",
@@ -80,6 +85,8 @@ class TextPipeline:
         self.text_encoder = text_encoder.to(self.device)
         self.tokenizer = tokenizer.to(self.device).eval()
         self.tokenizer_ckpt = tokenizer_ckpt
+        self.sampler: SamplerConfig | None = None
+        self.origin: dict[str, Any] = {}
         if tokenizer.latent_dim != net.latent_dim or tokenizer.hbq_rounds != net.hbq_rounds:
             raise ValueError(f"tokenizer (d={tokenizer.latent_dim}, M={tokenizer.hbq_rounds}) does not match the "
                              f"network (d={net.latent_dim}, M={net.hbq_rounds})")
@@ -98,11 +105,31 @@ class TextPipeline:
             raise ValueError(f"{ckpt} records no tokenizer checkpoint: pass tokenizer_ckpt=<path>")
         text_encoder = build_from_config(hp["text_encoder"], {"text_encoder"}, ckpt,
                                          "hyper_parameters.text_encoder")
-        return cls(net, text_encoder, load_tokenizer(tok_path), task, device, str(tok_path))
+        pipe = cls(net, text_encoder, load_tokenizer(tok_path), task, device, str(tok_path))
+        pipe.origin = {"ckpt": str(ckpt), "tokenizer_ckpt": str(tok_path), "hparams": hp}
+        return pipe
+
+    def hub_network(self) -> T2IVNet:
+        return self.net
+
+    def grid_images(self, sampler: SamplerConfig, grid: dict[str, Any]) -> tuple[torch.Tensor, str]:
+        """The model card's grid: one image per prompt (default :data:`TEXT_GRID_PROMPTS`, 256×256), seed 0; a
+        video model is shown by single frames (its text-to-image use)."""
+        prompts = list(grid.get("prompts", TEXT_GRID_PROMPTS))
+        seed, height, width = int(grid.get("seed", 0)), int(grid.get("height", 256)), int(grid.get("width", 256))
+        still = TextPipeline(self.net, self.text_encoder, self.tokenizer, "t2i", self.device)
+        still._memo = self._memo
+        images = still(prompts, seed=seed, height=height, width=width, frames=1, sampler=sampler).images
+        return images, f"Prompts {prompts}, {height}x{width}, seed {seed}, the sampler defaults below."
 
     def encode(self, captions: list[str]) -> list[torch.Tensor]:
         """Caption features ``[L_i, D]`` float32, each distinct caption encoded once per pipeline."""
         return encode_memoized(self.text_encoder, self._memo, captions, self.device)
+
+    def latent_region(self, mask: torch.Tensor) -> torch.Tensor:
+        """Pixel mask ``[B, 1, H, W]`` (True/1 = regenerate) -> token mask ``[B, 1, h, w]``: a token is
+        regenerated if any pixel of its patch is masked (as :meth:`GRNPipeline.latent_region`)."""
+        return latent_region(mask, self.tokenizer.spatial_stride)
 
     def latent_frames(self, frames: int) -> int:
         stride = self.tokenizer.temporal_stride
@@ -122,6 +149,10 @@ class TextPipeline:
         image: Any = None,
         progress: bool = False,
         sampler: SamplerConfig | None = None,
+        init: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        init_labels: torch.Tensor | None = None,
+        on_step: Callable[[RefineStep], None] | None = None,
         **overrides: Any,
     ) -> PipelineOutput:
         """Generate one image (t2i) or clip (t2v / i2v) per prompt; same seed and device -> same output.
@@ -136,14 +167,21 @@ class TextPipeline:
                 centre crop to ``height × width``). It is encoded once as a 1-frame clip and its labels are the
                 output's first latent frame; the network sees it in its ``i2v_mode`` form (``i2v_mode=`` /
                 ``sampler.i2v_mode`` overrides; :mod:`grn.sampling.text`).
-            sampler: the settings (:class:`~grn.sampling.config.SamplerConfig`, default: its defaults, so
+            init, mask: region re-generation of an image (one frame, not with ``image``): ``init`` pixels
+                ``[B or 1, 3, height, width]`` in [-1, 1] and ``mask`` ``[B or 1, 1, height, width]``, nonzero
+                where to regenerate (rounded up to whole tokens, :meth:`latent_region`); every token outside
+                keeps the encoded labels of ``init`` exactly. ``init_labels`` (index labels
+                ``[B or 1, d, h, w]``, e.g. an earlier sample's) may stand in for ``init``.
+            on_step: called after each refinement step with a :class:`~grn.sampling.refine.RefineStep`.
+            sampler: the settings (:class:`~grn.sampling.config.SamplerConfig`, default: ``self.sampler``, else
+                its defaults, so
                 ``schedule=linear``; the official T2I/T2V settings, as ``conf/task/t2i.yaml``, use ``cosine``);
             overrides: config keys on top (num_steps, schedule, keep_prob_shift, cfg_scale, ...). ``sampler.seed`` is
                 not read: ``seed`` seeds the draws.
         Returns:
             :class:`grn.pipeline_output.PipelineOutput` with ``images`` ``[B, 3, H, W]`` (t2i) or ``[B, 3, T, H, W]``.
         """
-        cfg = SamplerConfig.build(sampler, **overrides)
+        cfg = self.default_sampler(sampler, **overrides)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("no prompts given")
@@ -156,7 +194,11 @@ class TextPipeline:
         lat_t = self.latent_frames(frames)
         c = self.net.label_channels
         shape = (c, height // s, width // s) if lat_t == 1 and image is None else (c, lat_t, height // s, width // s)
-        first = None
+        first = known = region = None
+        if mask is not None and (image is not None or lat_t != 1):
+            raise ValueError("region re-generation works on images: give init/mask without image and frames")
+        known, region = region_condition(self.tokenizer, len(prompts), (height, width), init, mask,
+                                         init_labels, self.device)
         if image is not None and not isinstance(image, torch.Tensor):
             image = first_frame_tensor(image, height, width) if isinstance(image, (str, Path)) else \
                 cover_crop(image.convert("RGB"), height, width)
@@ -171,7 +213,8 @@ class TextPipeline:
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(f"refining {len(prompts)} sample(s)", total=cfg.max_steps)
             result = sample_t2iv(self.net, self.encode, prompts, shape, g, negative_prompt, first, cfg,
-                                 callback=lambda i: bar.advance(task))
+                                 callback=lambda i: bar.advance(task), on_step=on_step, known=known,
+                                 region=region)
         features = hbq.dequantize(result.labels, self.net.hbq_rounds, "index")
         images = self.tokenizer.decode(features).clamp(-1, 1)
         return PipelineOutput.of(images, result)

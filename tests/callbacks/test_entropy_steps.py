@@ -3,7 +3,6 @@
 import sys
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
@@ -16,7 +15,7 @@ from grn.lit_modules.generator import GeneratorLitModule
 sys.path.insert(0, str(Path(__file__).parent))
 from wandb_records import history  # noqa: E402
 
-from tiny_nets import tiny_generator_config  # noqa: E402
+from tiny_nets import quiet_cpu_trainer, tiny_generator_config  # noqa: E402
 
 NET = tiny_generator_config(4, 4, 10, 8)
 SAMPLER = {
@@ -54,16 +53,7 @@ def test_callback_writes_png_and_wandb_histograms(tmp_path, monkeypatch):
     module = GeneratorLitModule(net=NET, ema_decays=[0.9], lr=1e-3, sampler=SAMPLER)
     logger = WandbLogger(save_dir=str(tmp_path), project="grn-test", offline=True)
     cb = EntropyStepHistogram(every_n_steps=2, num_samples=12, sampler=SAMPLER, on_train_end=False)
-    trainer = L.Trainer(
-        max_steps=2,
-        logger=logger,
-        callbacks=[cb],
-        accelerator="cpu",
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = quiet_cpu_trainer(2, logger=logger, callbacks=[cb], default_root_dir=str(tmp_path))
     trainer.fit(module, train_dataloaders=token_batches())
     logger.experiment.finish()
     import wandb

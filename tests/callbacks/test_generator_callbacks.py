@@ -18,7 +18,7 @@ from grn.callbacks.recon_grid import ReconstructionGrid  # noqa: E402
 from grn.callbacks.sample_grid import SampleGrid  # noqa: E402
 from grn.lit_modules.generator import GeneratorLitModule  # noqa: E402
 
-from tiny_nets import tiny_generator_config  # noqa: E402
+from tiny_nets import quiet_cpu_trainer, tiny_generator_config  # noqa: E402
 
 NET = tiny_generator_config(4, 4, 10, 8)
 SAMPLER = {"num_steps": 2, "cfg_scale": 1.0}
@@ -58,16 +58,7 @@ def test_sample_grid_and_fid_proxy(setup, tmp_path):
         batch_size=8,
         on_train_end=False,
     )
-    trainer = L.Trainer(
-        max_steps=2,
-        logger=False,
-        callbacks=[grid, proxy],
-        accelerator="cpu",
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = quiet_cpu_trainer(2, callbacks=[grid, proxy], default_root_dir=str(tmp_path))
     trainer.fit(module, train_dataloaders=tokens())
     assert grid.last_png == tmp_path / "samples" / "step0000002.png"
     assert Image.open(grid.last_png).size == (2 + 2 * 34, 2 + 3 * 34)  # 3 rows (classes) of 2

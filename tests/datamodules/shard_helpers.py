@@ -12,6 +12,8 @@ from PIL import Image
 from grn.datamodules.bad_samples import BAD_REASONS
 from grn.datamodules.builtin import load_digits_split
 
+from tiny_nets import tiny_tokenizer_ckpt  # noqa: F401 - re-exported: the data tests import it from here
+
 
 def digit_png_samples(n: int, start: int = 0):
     """``n`` real digits as ``{"__key__", "png", "cls"}`` samples (16×16 RGB PNG), keys ``d000000``…"""
@@ -57,27 +59,6 @@ def tiny_mp4(num_frames: int = 12, fps: float = 12, size: tuple[int, int] = (16,
 
     frames = np.stack([np.full((*size, 3), 10 * i, np.uint8) for i in range(num_frames)])
     return encode_mp4(frames, fps)
-
-
-def tiny_tokenizer_ckpt(path, seed: int = 0, config: str = "tiny"):
-    """A tiny random tokenizer (``conf/model/tokenizer/<config>.yaml``) saved in the TokenizerLitModule checkpoint
-    layout (hyper_parameters + weights)."""
-    from pathlib import Path
-
-    import torch
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from grn.entrypoints.common import CONF_DIR
-    from grn.models.ema import EMA
-
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "tokenizer" / f"{config}.yaml"))
-    torch.manual_seed(seed)
-    tok = instantiate(cfg)
-    state = {f"tokenizer.{k}": v for k, v in tok.state_dict().items()}
-    state.update({f"ema.{k}": v for k, v in EMA(tok, 0.0).state_dict().items()})
-    torch.save({"hyper_parameters": {"tokenizer": cfg}, "state_dict": state}, path)
-    return path
 
 
 def key_recorder(check=None):

@@ -317,3 +317,47 @@ def test_joint_text_shards_train_on_both_parts_and_resume_exactly(compose_cfg, t
     resumed.load_state_dict(first.state_dict())
     assert head + keys(resumed, 3) == full
     assert len(first.train_dataloader()) == 8
+
+
+def test_reader_packs_shapes_together_under_the_budget(tmp_path, text_image_shards):
+    """``packing`` (official update §C9): each batch is one packed sequence of mixed shapes within the budget,
+    with the features padded per sample; the windows are packed two-pointer."""
+    from grn.datamodules.seq_packing import pack_two_pointer, sample_tokens
+
+    tok_ckpt = tiny_tokenizer_ckpt(tmp_path / "tok.ckpt", config="tiny_joint")
+    cache = ensure_text_token_cache(_image_source(text_image_shards), tok_ckpt, TEXT, tmp_path / "cache")
+    dm = TextTokenShardDataModule(str(cache), short_caption_prob=0.0, batch_size=4, resampled=False,
+                                  shuffle_buffer=0, drop_last=False, packing={"budget": 120, "window": 34})
+    batches = [dm.record(b) for b in dm.train_dataloader()]
+    counts, mixed, packs = [], False, []
+    for batch in batches:
+        assert batch["rows"] == [list(range(len(batch["tokens"])))]
+        n = [sample_tokens(t, int(k)) for t, k in zip(batch["tokens"], batch["text_lens"])]
+        assert sum(n) <= 120 and batch["text"].shape[:2] == (len(n), int(batch["text_lens"].max()))
+        mixed |= len({tuple(t.shape) for t in batch["tokens"]}) > 1
+        counts.extend(n)
+        packs.append(sorted(n))
+    assert mixed and len(counts) == 34  # every sample of the (single) window, once
+    # the packs are the two-pointer packs of the window (as multisets of counts: equal counts are interchangeable)
+    assert sorted(packs) == sorted(sorted(counts[i] for i in row) for row in pack_two_pointer(counts, 120)[0])
+
+
+def test_t2i_training_from_text_shards_with_packing(compose_cfg, tmp_path, text_image_shards):
+    """``stages.t2i.datamodule.pack_budget``: train.py trains on packed text-shard batches (a step holds as many
+    samples as fit the budget)."""
+    from grn.entrypoints.train import train_stage
+
+    tok_ckpt = tiny_tokenizer_ckpt(tmp_path / "tok.ckpt", config="tiny_joint")
+    cfg = compose_cfg("train", [
+        "task=t2i", "model/generator=t2iv_tiny", "model/tokenizer=tiny_joint", "model/text_encoder=tiny",
+        "model.generator.attention=fsa", "trainer=cpu", "logger=csv", "callbacks=none",
+        f"stages.t2i.tokenizer_ckpt={tok_ckpt}", "stages.t2i.max_steps=3", "stages.t2i.datamodule.pack_budget=400",
+        "stages.t2i.datamodule.pack_window=16", "stages.t2i.lit_module.loss_weight_power=0.5",
+        "data=text_image", f"data.train_shards='{text_image_shards}'", "data.pn=4", "data.stride=8",
+        "data.batch_size=4", "data.num_workers=0", "data.epoch_samples=64", "data.shuffle_buffer=4",
+        "data.pin_memory=false", "trainer.log_every_n_steps=1", f"paths.run_dir={tmp_path / 'run'}"])
+    last = train_stage(cfg, "t2i")
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3
+    samples = [float(r.split(",")[i]) for i, r in _csv_column(tmp_path / "run", "train/samples")]
+    losses = [float(r.split(",")[i]) for i, r in _csv_column(tmp_path / "run", "train/loss")]
+    assert len(losses) == 3 and all(np.isfinite(losses)) and min(samples) > 4  # more than a batch_size each

@@ -13,6 +13,9 @@ import torch
 
 from grn.checkpoints import export_ema, load_consolidated
 
+# slow: two gloo ranks train both stages sharded (~33 s of setup) and a one-rank resume (~20 s); make test-slow
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = [
     "experiment=quickstart",

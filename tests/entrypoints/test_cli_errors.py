@@ -194,8 +194,9 @@ def test_every_experiment_and_task_passes_validation(compose_cfg):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("stages.tokenizer.lit_module.ema_decay=1.5", r"lit_module\.ema_decay=1\.5 is invalid: .*<= 1"),
-    ("stages.tokenizer.lit_module.betas=[0.5,1.0]", r"lit_module\.betas\[1\]=1\.0 is invalid: .*< 1"),
+    ("stages.tokenizer.lit_module.ema_decays=[1.5]", r"lit_module\.ema_decays\[0\]=1\.5 is invalid: .*<= 1"),
+    ("stages.tokenizer.lit_module.optimizer.betas=[0.5,1.0]",
+     r"lit_module\.optimizer\.betas\[1\]=1\.0 is invalid: .*< 1"),
     ("model.tokenizer.dropout=1.0", r"lit_module\.tokenizer\.dropout=1\.0 is invalid: .*< 1"),
     ("model.tokenizer.hbq_rounds=2.5", r"lit_module\.tokenizer\.hbq_rounds=2\.5 is invalid: .*integer"),
     ("data.num_workers=-1", r"datamodule\.num_workers=-1 is invalid: .*>= 0"),
@@ -212,6 +213,10 @@ def test_model_and_data_ranges(compose_cfg, override, message):
 
 
 @pytest.mark.parametrize("override, message", [
+    ("+stages.tokenizer.lit_module.ema_decay=0.99",
+     r"^stages\.tokenizer\.lit_module\.ema_decay moved: use stages\.tokenizer\.lit_module\.ema_decays$"),
+    ("+stages.tokenizer.lit_module.disc_weight_decay=0.01", r"^stages\.tokenizer\.lit_module\.disc_weight_decay "
+     r"moved: use stages\.tokenizer\.lit_module\.disc_optimizer\.weight_decay$"),
     ("+stages.c2i.lit_module.betas=[0.9,0.95]",
      r"^stages\.c2i\.lit_module\.betas moved: use stages\.c2i\.lit_module\.optimizer\.betas$"),
     ("+stages.c2i.lit_module.warmup_steps=10",
@@ -224,7 +229,7 @@ def test_optimizer_keys_moved_and_nested_ones_are_checked(compose_cfg, override,
 
     cfg = compose_cfg("train", ["experiment=quickstart", override])
     with pytest.raises(ConfigError, match=message):
-        validate_train(cfg, ["c2i"])
+        validate_train(cfg, [override.split(".")[1]])  # the stage the override is in
 
 
 def test_dim_must_split_into_heads():

@@ -37,6 +37,8 @@ def test_experiment_composes_and_instantiates(compose_cfg, experiment):
     extra = ["stages.tokenizer.lit_module.lpips.allow_random_backbone=true"] if experiment in FULL_SIZE else []
     if experiment in IMAGENET:
         extra = ["data.train_shards='/data/in/train-{000000..000009}.tar'", "trainer=cpu"]
+    if experiment == "t2iv_official":  # the official toy data layout under the official repo root
+        extra = ["data.root=/data/GRN"]
     cfg = compose_cfg("train", [f"experiment={experiment}", *extra])
     assert cfg.stages, experiment
     with torch.device("meta" if experiment in FULL_SIZE else "cpu"):
@@ -86,20 +88,14 @@ def test_text_tasks_use_the_paper_settings_and_name_missing_umt5(compose_cfg, ta
     assert isinstance(cause, FileNotFoundError) and "\n" not in str(cause)
 
 
-@pytest.mark.parametrize("name", GENERATORS)
-def test_generator_configs_build(compose_cfg, name):
-    cfg = compose_cfg("train", [f"model/generator={name}"])
+# every model config builds (on meta) into a network that carries its config's defining size
+@pytest.mark.parametrize(("group", "name", "attr"), [("generator", n, "num_classes") for n in GENERATORS]
+                         + [("tokenizer", n, "latent_dim") for n in TOKENIZERS])
+def test_model_configs_build(compose_cfg, group, name, attr):
+    cfg = compose_cfg("train", [f"model/{group}={name}"])
     with torch.device("meta"):
-        net = instantiate(cfg.model.generator)
-    assert net.num_classes == cfg.model.generator.num_classes
-
-
-@pytest.mark.parametrize("name", TOKENIZERS)
-def test_tokenizer_configs_build(compose_cfg, name):
-    cfg = compose_cfg("train", [f"model/tokenizer={name}"])
-    with torch.device("meta"):
-        tok = instantiate(cfg.model.tokenizer)
-    assert tok.latent_dim == cfg.model.tokenizer.latent_dim
+        net = instantiate(cfg.model[group])
+    assert getattr(net, attr) == cfg.model[group][attr]
 
 
 @pytest.mark.parametrize("config_name", ["sample", "eval"])

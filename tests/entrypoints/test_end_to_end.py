@@ -24,6 +24,9 @@ FAST = [
     "extras.print_config=false",
 ]
 
+# slow: one real train.py run (tokenizer + GRN on digits, ~35 s of setup) shared by the CLI tests; make test-slow
+pytestmark = pytest.mark.slow
+
 
 def run(script: str, *args: str, env: dict) -> subprocess.CompletedProcess:
     proc = subprocess.run(

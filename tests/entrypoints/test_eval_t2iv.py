@@ -92,7 +92,8 @@ def test_t2i_task_writes_caption_accuracy_and_grid(compose_cfg, run_dir, script)
     assert result["t2i"] == measured["t2i"]
     assert result["classifier_val_accuracy"] == measured["classifier_val_accuracy"]
     assert measured["settings"] == {"num_steps": 2, "schedule": "cosine", "cfg_scale": 2.0, "temperature": 1.0,
-                                    "per_caption": 1, "seed": 0}
+                                    "per_caption": 1, "seed": 0,  # and the pt value each task sampled with
+                                    "t2i_pt_value": "nominal", "t2v_pt_value": "nominal"}
     assert (copy / "t2i_samples.png").read_bytes() == out.with_suffix(".png").read_bytes()
 
 

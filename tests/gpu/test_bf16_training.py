@@ -55,7 +55,7 @@ def tokenizer_step(accelerator: str = "gpu") -> None:
     torch.manual_seed(0)
     module = TokenizerLitModule(tokenizer=TINY_TOKENIZER, discriminator=TINY_DISCRIMINATOR,
                                 lpips={"allow_random_backbone": True}, gan_weight=0.1, disc_start=0, lr=2e-3,
-                                ema_decay=0.9)
+                                ema_decays=[0.9])
     images = smooth_images(8)
     device = "cuda" if accelerator == "gpu" else "cpu"
 

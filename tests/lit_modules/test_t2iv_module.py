@@ -32,7 +32,7 @@ def test_loss_is_a_mean_over_samples_not_tokens():
     m = module(caption_drop_prob=0.0)
     joint = {"image": batch(1), "video": batch(3, frames=3, seed=1)}
     g = lambda: torch.Generator().manual_seed(7)  # noqa: E731
-    loss, per_kind = m.objective(joint, generator=g())
+    loss, per_kind, _ = m.objective(joint, generator=g())
     assert per_kind["image"].shape == (1,) and per_kind["video"].shape == (3,)
     # one image counts as much as one clip although a clip has 3x the tokens
     expected = torch.cat([per_kind["image"], per_kind["video"]]).mean()
@@ -163,7 +163,7 @@ def test_i2v_ratio_trains_clips_in_the_official_first_frame_form():
             _f(z, t, *a, **kw)
         enc = m.encode_captions
         m.encode_captions = lambda caps, _e=enc, _s=seen: _s.extend(caps) or _e(caps)
-        loss, per_kind = m.objective(b, generator=g())
+        loss, per_kind, _ = m.objective(b, generator=g())
         runs[ratio] = (m, loss, per_kind["video"], list(calls), list(seen))
     m, loss0, per0, calls0, seen0 = runs[0.0]
     x = T2IVLitModule.target_labels(m, b["tokens"])

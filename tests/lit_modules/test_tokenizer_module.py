@@ -60,7 +60,7 @@ def run(tmp_path_factory):
         gan_weight=0.1,
         disc_start=0,
         lr=2e-3,
-        ema_decay=0.9,
+        ema_decays=[0.9],
     )
     before = recon_l1(module.tokenizer)
     disc_before = [p.detach().clone() for p in module.discriminator.parameters()]
@@ -231,7 +231,7 @@ def joint_module(**kwargs) -> TokenizerLitModule:
         "lpips": {"allow_random_backbone": True},
         "disc_start": 0,
         "lr": 1e-3,
-        "ema_decay": 0.5,
+        "ema_decays": [0.5],
     }
     return TokenizerLitModule(**{**options, **kwargs})
 

@@ -23,12 +23,13 @@ FACTS = {
     "adaptive_gan_weight": False,  # D1: no adaptive weight
     "lr": 1e-4,  # D5: train.py default (the script passes 1e-5)
     "disc_lr": None,  # D5: lr · dis_lr_multiplier 1
-    "betas": (0.9, 0.95),  # D5
-    "weight_decay": 0.01,  # D5: tokenizer, >=2-D non-bias weights
+    "optimizer._target_": "torch.optim.AdamW",  # D5
+    "optimizer.betas": [0.9, 0.95],  # D5
+    "optimizer.weight_decay": 0.01,  # D5: tokenizer, >=2-D non-bias weights
     "decay_1d_and_bias": False,  # D5: 1-D parameters and biases get 0
-    "disc_weight_decay": 0.01,  # D5: PyTorch AdamW's default on every discriminator parameter
+    "disc_optimizer": None,  # D5: the same AdamW, so 0.01 (PyTorch's default) on every discriminator parameter
     "grad_clip": 1.0,  # D5: max_grad_norm 1.0 and max_grad_norm_disc 1.0
-    "ema_decay": 0.9999,  # D6
+    "ema_decays": [0.9999],  # D6
     "ema_warmup": False,  # D6
     "joint_update": "per_batch",  # D7: one G and one D update per dataloader batch
 }
@@ -40,6 +41,13 @@ DISC_KEYS = {  # D4: discriminator.main.{0,2,3.norm,5,6.norm,8,9.norm,11}.*
 }  # fmt: skip
 OFFICIAL = [("tokenizer_official_f16d16", 702_687_612), ("tokenizer_official_f16t4d64", 705_693_036)]
 STAND_IN = "stages.tokenizer.lit_module.lpips.allow_random_backbone=true"  # no VGG weights offline
+
+
+def hparam(hp, dotted: str):
+    """``hp["optimizer"]["betas"]`` for ``"optimizer.betas"``."""
+    for part in dotted.split("."):
+        hp = hp[part]
+    return hp
 
 
 def batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -83,9 +91,8 @@ def test_official_experiments_carry_the_released_recipe(compose_cfg, experiment,
     assert cfg.run_id == experiment
     with torch.device("meta"):
         module = instantiate(cfg.stages.tokenizer.lit_module)
-    hp = module.hparams
     for key, value in FACTS.items():
-        assert hp[key] == value, key
+        assert hparam(module.hparams, key) == value, key
     assert cfg.stages.tokenizer.lit_module.lpips.net == "vgg"  # D1: VGG16 LPIPS
     assert sum(p.numel() for p in module.tokenizer.parameters()) == tokenizer_params
     # EMA: 0.9999 from the first update on (no warm-up)
@@ -118,9 +125,10 @@ def test_our_defaults_stay_as_they_were(compose_cfg):
     """task=tokenizer without the recipe: adaptive weight, GroupNorm discriminator, (0.5, 0.9), EMA warm-up,
     no weight decay, one joint update."""
     cfg = compose_cfg("train", ["task=tokenizer", STAND_IN]).stages.tokenizer.lit_module
-    assert cfg.adaptive_gan_weight and cfg.discriminator.norm == "group" and list(cfg.betas) == [0.5, 0.9]
-    assert cfg.ema_warmup and cfg.weight_decay == 0.0 and cfg.decay_1d_and_bias
-    assert cfg.joint_update == "joint" and cfg.disc_weight == 1.0 and cfg.disc_weight_decay is None
+    assert cfg.adaptive_gan_weight and cfg.discriminator.norm == "group" and list(cfg.optimizer.betas) == [0.5, 0.9]
+    assert cfg.ema_warmup and cfg.optimizer.weight_decay == 0.0 and cfg.decay_1d_and_bias
+    assert cfg.joint_update == "joint" and cfg.disc_weight == 1.0 and cfg.disc_optimizer is None
+    assert list(cfg.ema_decays) == [0.999] and cfg.optimizer._partial_
 
 
 # ------------------------------------------------------------------------------------ CPU training steps

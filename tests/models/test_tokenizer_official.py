@@ -82,18 +82,19 @@ def official_keys() -> dict[str, tuple]:
         keys[f"{prefix}.1.proj.weight"] = (c, c, 1, 1)
         keys[f"{prefix}.1.proj.bias"] = (c,)
 
+    def resample(prefix, c, time_out):
+        """A stage's resample layer: the 2-D conv, and the temporal conv to ``time_out`` channels if non-zero."""
+        keys[f"{prefix}.resample.1.weight"], keys[f"{prefix}.resample.1.bias"] = (c, c, 3, 3), (c,)
+        if time_out:
+            keys[f"{prefix}.time_conv.weight"], keys[f"{prefix}.time_conv.bias"] = (time_out, c, 3, 1, 1), (time_out,)
+
     enc = [160, 160, 320, 640, 640]
     keys["encoder.conv1.weight"], keys["encoder.conv1.bias"] = (160, 12, 3, 3, 3), (160,)
     for i in range(4):
         for j in range(2):
             res(f"encoder.downsamples.{i}.downsamples.{j}", enc[i] if j == 0 else enc[i + 1], enc[i + 1])
-        c = enc[i + 1]
-        if i < 3:
-            keys[f"encoder.downsamples.{i}.downsamples.2.resample.1.weight"] = (c, c, 3, 3)
-            keys[f"encoder.downsamples.{i}.downsamples.2.resample.1.bias"] = (c,)
-        if i in (1, 2):
-            keys[f"encoder.downsamples.{i}.downsamples.2.time_conv.weight"] = (c, c, 3, 1, 1)
-            keys[f"encoder.downsamples.{i}.downsamples.2.time_conv.bias"] = (c,)
+        if i < 3:  # spatial down-sampling; stages 1 and 2 also halve time (time_conv keeps the width)
+            resample(f"encoder.downsamples.{i}.downsamples.2", enc[i + 1], enc[i + 1] if i in (1, 2) else 0)
     middle("encoder.middle", 640)
     keys["encoder.head.0.gamma"] = (640, 1, 1, 1)
     keys["encoder.head.2.weight"], keys["encoder.head.2.bias"] = (2 * d, 640, 3, 3, 3), (2 * d,)
@@ -105,13 +106,8 @@ def official_keys() -> dict[str, tuple]:
     for i in range(4):
         for j in range(3):
             res(f"decoder.upsamples.{i}.upsamples.{j}", dec[i] if j == 0 else dec[i + 1], dec[i + 1])
-        c = dec[i + 1]
-        if i < 3:
-            keys[f"decoder.upsamples.{i}.upsamples.3.resample.1.weight"] = (c, c, 3, 3)
-            keys[f"decoder.upsamples.{i}.upsamples.3.resample.1.bias"] = (c,)
-        if i in (0, 1):
-            keys[f"decoder.upsamples.{i}.upsamples.3.time_conv.weight"] = (2 * c, c, 3, 1, 1)
-            keys[f"decoder.upsamples.{i}.upsamples.3.time_conv.bias"] = (2 * c,)
+        if i < 3:  # spatial up-sampling; stages 0 and 1 also double time (time_conv doubles the width)
+            resample(f"decoder.upsamples.{i}.upsamples.3", dec[i + 1], 2 * dec[i + 1] if i in (0, 1) else 0)
     keys["decoder.head.0.gamma"] = (256, 1, 1, 1)
     keys["decoder.head.2.weight"], keys["decoder.head.2.bias"] = (12, 256, 3, 3, 3), (12,)
     return keys

@@ -57,6 +57,7 @@ def input_following_net(target: str):
     return net
 
 
+@pytest.mark.slow  # torch.compile builds C++ kernels with the system compiler (~19 s on 2 cores)
 def test_compiled_sampling_matches_eager():
     """sampler.compile=true: the network runs through torch.compile (compiled once, kept on the network; the RoPE
     takes its real-valued form there) and gives the eager logits and samples."""

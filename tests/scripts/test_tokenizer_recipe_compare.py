@@ -10,11 +10,10 @@ from tiny_nets import TOY_TINY_JOINT
 TOY = [*TOY_TINY_JOINT, "stages.tokenizer.lit_module.lpips.net=vgg"]  # AlexNet's stride needs >= 32-pixel frames
 RECIPE_CHANGES = {  # what the released recipe changes against our defaults (official_update.md D1-D7)
     "adaptive_gan_weight": (True, False),
-    "betas": ([0.5, 0.9], [0.9, 0.95]),
-    "weight_decay": (0.0, 0.01),
+    "optimizer": ({"_target_": "torch.optim.AdamW", "_partial_": True, "betas": [0.5, 0.9], "weight_decay": 0.0},
+                  {"_target_": "torch.optim.AdamW", "_partial_": True, "betas": [0.9, 0.95], "weight_decay": 0.01}),
     "decay_1d_and_bias": (True, False),
-    "disc_weight_decay": (None, 0.01),
-    "ema_decay": (0.99, 0.9999),
+    "ema_decays": ([0.99], [0.9999]),
     "ema_warmup": (True, False),
     "joint_update": ("joint", "per_batch"),
 }

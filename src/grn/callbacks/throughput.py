@@ -18,15 +18,22 @@ __all__ = ["Throughput", "batch_size_and_tokens"]
 
 
 def batch_size_and_tokens(pl_module: L.LightningModule, batch: Any) -> tuple[int, int | None]:
-    """``(samples, tokens)`` of one local batch. Tokens are latent positions: ``h·w`` per token map
-    (``"tokens"`` ``[B, d, h, w]``), or pixels over the tokenizer's stride squared for image/video batches; the
+    """``(samples, tokens)`` of one local batch. Tokens are latent positions: ``(T·)h·w`` per token map
+    (``"tokens"`` ``[B, d, (T,) h, w]``, or a packed batch's list of maps; joint batches add their parts), or pixels over the tokenizer's stride squared for image/video batches; the
     module may define ``tokens_per_sample(batch)`` instead. ``None`` where it is not known."""
     if not isinstance(batch, Mapping):
         first = batch[0] if isinstance(batch, (list, tuple)) else batch
         return int(first.shape[0]), None
     if "tokens" in batch:
         x = batch["tokens"]
+        if isinstance(x, (list, tuple)):  # a packed batch (grn.datamodules.seq_packing): maps of any shapes
+            return len(x), sum(int(t[0].numel()) for t in x)
         return int(x.shape[0]), int(x.shape[0] * math.prod(x.shape[2:]))
+    parts = [batch[k] for k in ("image", "video") if isinstance(batch.get(k), Mapping)]
+    if parts:  # a joint T2I/T2V batch: the sum of its parts
+        counts = [batch_size_and_tokens(pl_module, part) for part in parts]
+        tokens = [t for _, t in counts]
+        return sum(n for n, _ in counts), None if None in tokens else sum(tokens)
     key = "video" if "video" in batch else "image" if "image" in batch else next(iter(batch))
     x = batch[key]
     b = int(x.shape[0])

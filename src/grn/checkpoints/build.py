@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 __all__ = ["UnreadableCheckpointError", "UnsafeCheckpointError", "build_from_config", "check_stored_configs", "read_checkpoint", "register",
-           "registered", "validated"]
+           "registered", "remember_config", "validated"]
 
 _PLAIN = (type(None), bool, int, float, str)
 _RULE = "only grn's own registered classes are built from checkpoints, with plain values as arguments"
@@ -157,7 +157,15 @@ def build_from_config(cfg: Any, allowed: Iterable[str], source: str | Path, wher
         UnsafeCheckpointError: naming the file, the key path and the offending target; nothing was called.
     """
     fn, kwargs = validated(cfg, allowed, source, where)
-    return fn(**kwargs)
+    return remember_config(fn(**kwargs), {"_target_": cfg["_target_"], **kwargs})
+
+
+def remember_config(obj: Any, cfg: dict[str, Any]) -> Any:
+    """Record on a built module the config it was built from (``obj.grn_config``), so that a pipeline holding it
+    can be saved again in the hub format (:mod:`grn.checkpoints.pretrained`); returns ``obj``."""
+    if isinstance(obj, torch.nn.Module):
+        obj.grn_config = cfg
+    return obj
 
 
 def check_stored_configs(path: Any, configs: Mapping[str, Iterable[str]], given: Iterable[str] = ()) -> None:

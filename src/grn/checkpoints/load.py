@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from grn.checkpoints.build import build_from_config, read_checkpoint
+from grn.checkpoints.build import build_from_config, read_checkpoint, remember_config
 from grn.checkpoints.files import require_checkpoint_file
 from grn.checkpoints.layout import (
     NET_PREFIX,
@@ -72,7 +72,7 @@ def load_network(ckpt_path: str | os.PathLike, kind: str = "generator", ema: str
     path, ckpt, adapter = _read(ckpt_path, what, kind)
     if adapter is not None:
         net, hp = adapter.load(ckpt, path, ema=ema)
-        return net.to(map_location).eval(), hp
+        return remember_config(net, hp["net"]).to(map_location).eval(), hp
     hp = (ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
     if "net" not in hp:
         if "tokenizer" in hp:
@@ -124,7 +124,8 @@ def load_tokenizer(ckpt_path: str | os.PathLike, map_location: str | torch.devic
         raise FileNotFoundError(f"tokenizer checkpoint not found: {ckpt_path} (pass the .ckpt of a tokenizer run)")
     path, ckpt, adapter = _read(ckpt_path, "tokenizer", "tokenizer")
     if adapter is not None:  # a release's ``ema`` weights are the only ones it has (facts §2.4)
-        return adapter.load(ckpt, path)[0].to(map_location).float().eval()
+        tok, hp = adapter.load(ckpt, path)
+        return remember_config(tok, hp["tokenizer"]).to(map_location).float().eval()
     hp = (ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
     if "tokenizer" not in hp:
         kind_of = "a generator checkpoint, " if "net" in hp else ""

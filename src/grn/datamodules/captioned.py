@@ -7,24 +7,29 @@ stratified digits split of :func:`grn.datamodules.builtin.load_digits_split`, so
 
 Items: ``{"image": float [3, S, S] in [-1, 1], "label", "caption"}`` and
 ``{"video": float [3, T, S, S] in [-1, 1], "label", "direction", "caption"}``; the default collate stacks tensors
-and turns captions into a list of strings.
+and turns captions into a list of strings. ``kind="mixed"`` holds both in one set (:class:`MixedCaptionedDataset`,
+the official T2I/T2V trainer's image + video mix); items of different shapes batch only through sequence packing
+(:class:`EncodedCaptionedDataModule` with ``pack_budget``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from grn.datamodules.builtin import load_digits_split
 from grn.datamodules.joint import JointShards, JointSource
+from grn.datamodules.seq_packing import PackedSampler, PackedView
 from grn.datamodules.tokens import CacheReaderMixin, InMemoryLoaders, pipeline_settings
 from grn.datamodules.wds import ShardDataModule
+from grn.prompts import with_prefix
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIRECTIONS = ("left", "right", "up", "down")
@@ -120,6 +125,30 @@ class CaptionedDataset(Dataset):
         return {"caption": self.captions[i], **{k: v[i] for k, v in self.tensors.items()}}
 
 
+class MixedCaptionedDataset(Dataset):
+    """Several :class:`CaptionedDataset` parts (images and clips) as one set: item i is item i of the part it
+    falls in, in part order. Items of different parts have different shapes."""
+
+    def __init__(self, parts: Sequence[CaptionedDataset]) -> None:
+        self.parts = list(parts)
+        self.offsets = [0]
+        for part in self.parts:
+            self.offsets.append(self.offsets[-1] + len(part))
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = next(k for k in range(len(self.parts)) if i < self.offsets[k + 1])
+        return self.parts[k][i - self.offsets[k]]
+
+    @property
+    def captions(self) -> list[str]:
+        return [c for part in self.parts for c in part.captions]
+
+
 class PairedDataset(Dataset):
     """Item i of a joint set: ``{"image": ..., "video": ...}`` from two datasets (the shorter one cycles)."""
 
@@ -134,11 +163,13 @@ class PairedDataset(Dataset):
 
 
 class CaptionedDigitsDataModule(InMemoryLoaders):
-    """Captioned digits (``kind="image"``), moving digits (``kind="video"``) for T2I / T2V, or both at once
-    (``kind="joint"``, for joint image + video tokenizer training).
+    """Captioned digits (``kind="image"``), moving digits (``kind="video"``) for T2I / T2V, both at once
+    (``kind="joint"``, image + clip pairs for joint image + video tokenizer training), or both as one captioned
+    set (``kind="mixed"``: every image and every clip an example, for T2I/T2V training with sequence packing).
 
     Batches: ``{"image": [B, 3, S, S]}`` or ``{"video": [B, 3, T, S, S]}``, plus ``"label"`` (and ``"direction"``)
-    and ``"caption"`` (a list of B strings); joint batches are ``{"image", "video"}`` only.
+    and ``"caption"`` (a list of B strings); joint batches are ``{"image", "video"}`` only. ``prompt_prefix``
+    starts image captions with ``<T2I>`` and clip captions with ``<T2V>`` (official update §A6).
     """
 
     def __init__(
@@ -151,10 +182,12 @@ class CaptionedDigitsDataModule(InMemoryLoaders):
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
+        prompt_prefix: bool = False,
     ) -> None:
         super().__init__()
-        if kind not in ("image", "video", "joint"):
-            raise ValueError(f"kind must be 'image', 'video' or 'joint', got {kind!r}")
+        if kind not in ("image", "video", "joint", "mixed"):
+            raise ValueError(f"kind must be 'image', 'video', 'joint' or 'mixed', got {kind!r}")
+        self.prompt_prefix = bool(prompt_prefix)
         self.kind, self.image_size, self.frames = kind, image_size, frames
         self.digit_size, self.clips_per_digit = digit_size, clips_per_digit
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
@@ -167,13 +200,22 @@ class CaptionedDigitsDataModule(InMemoryLoaders):
             clips = moving_digits(split, self.frames, self.image_size, self.digit_size, self.clips_per_digit,
                                   self.seed)[0]
             return PairedDataset(images, clips)
-        if self.kind == "image":
+        if self.kind == "mixed":
+            return MixedCaptionedDataset([self._captioned(split, "image"), self._captioned(split, "video")])
+        return self._captioned(split, self.kind)
+
+    def _captioned(self, split: str, kind: str) -> CaptionedDataset:
+        if kind == "image":
             images, labels, captions = captioned_digits(split, self.image_size, self.seed)
-            return CaptionedDataset(captions, image=images, label=labels)
+            return CaptionedDataset(self._prefixed(captions, "t2i"), image=images, label=labels)
         clips, labels, directions, captions = moving_digits(
             split, self.frames, self.image_size, self.digit_size, self.clips_per_digit, self.seed
         )
-        return CaptionedDataset(captions, video=clips, label=labels, direction=directions)
+        return CaptionedDataset(self._prefixed(captions, "t2v"), video=clips, label=labels, direction=directions)
+
+    def _prefixed(self, captions: list[str], task: str) -> list[str]:
+        # the I2V prefix (first-frame captions, i2v_ratio) belongs with first-frame training, not here
+        return [with_prefix(c, task) for c in captions] if self.prompt_prefix else captions
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -206,13 +248,29 @@ class EncodedCaptionedDataModule(CacheReaderMixin, InMemoryLoaders):
         cache_dir: shard sources: cache root (default ``$GRN_CACHE_DIR`` or ``.cache/grn``).
         text_dtype: shard sources: ``float16`` (half the disk) or ``float32`` features.
         encode_batch_size, device: how the cache is encoded (once).
+        pack_budget: sequence packing (the released trainer's ``train_max_token_len``, official update §C9): each
+            batch is one packed sequence of at most this many tokens (:mod:`grn.datamodules.seq_packing`), and
+            ``batch_size`` is not used for training; None: batches of ``batch_size`` same-shape samples.
+            In-memory sources pack the whole set each epoch (:class:`PackedSampler`; caption tokens counted with
+            the ``text_encoder`` config's tokenizer); shard sources pack windows of ``pack_window`` samples
+            (:class:`PackingBatcher`).
+        pack_dense_ratio: examples longer than ``pack_budget · pack_dense_ratio`` tokens are left out (official
+            ``dense_ratio4seqpack``; None: up to the budget).
+        pack_window: shard sources: samples per packing window.
     """
 
     def __init__(self, source: L.LightningDataModule, tokenizer_ckpt: str, batch_size: int = 64,
                  num_workers: int | None = None, seed: int = 0, encode_batch_size: int = 128,
                  text_encoder: dict | None = None, cache_dir: str | None = None, text_dtype: str = "float16",
-                 drop_last: bool = True, device: str = "cpu") -> None:
+                 drop_last: bool = True, device: str = "cpu", pack_budget: int | None = None,
+                 pack_dense_ratio: float | None = None, pack_window: int = 256) -> None:
         super().__init__()
+        if pack_budget is not None and int(pack_budget) < 1:
+            raise ValueError(f"pack_budget must be a positive token count or null, got {pack_budget}")
+        self.pack_budget = int(pack_budget) if pack_budget is not None else None
+        self.pack_dense_ratio = float(pack_dense_ratio) if pack_dense_ratio is not None else None
+        self.pack_window = int(pack_window)
+        self._pack_counts: dict[str, list[int]] = {}
         if not isinstance(source, L.LightningDataModule):  # a config (the stage instantiates non-recursively)
             source = instantiate(source)
         self.source, self.tokenizer_ckpt = source, tokenizer_ckpt
@@ -253,7 +311,9 @@ class EncodedCaptionedDataModule(CacheReaderMixin, InMemoryLoaders):
                 self._text_cache(source)
 
     @torch.no_grad()
-    def _encode(self, tokenizer, data: CaptionedDataset) -> CaptionedDataset:
+    def _encode(self, tokenizer, data: CaptionedDataset | MixedCaptionedDataset):
+        if isinstance(data, MixedCaptionedDataset):
+            return MixedCaptionedDataset([self._encode(tokenizer, part) for part in data.parts])
         key = "video" if "video" in data.tensors else "image"
         pixels = data.tensors[key]
         tokens = torch.cat([tokenizer.encode(pixels[i : i + self.encode_batch_size], target="index")
@@ -267,11 +327,13 @@ class EncodedCaptionedDataModule(CacheReaderMixin, InMemoryLoaders):
         if self.sharded:
             from grn.datamodules.text_tokens import TextTokenShardDataModule
 
+            packing = ({"budget": self.pack_budget, "dense_ratio": self.pack_dense_ratio, "window": self.pack_window}
+                       if self.pack_budget else None)
             readers = {
                 name: TextTokenShardDataModule(
                     cache=str(self._text_cache(src)), short_caption_prob=getattr(src, "short_caption_prob", 0.2),
                     batch_size=src.batch_size if name else self.batch_size, seed=self.seed,
-                    drop_last=self.drop_last, **pipeline_settings(src, self.num_workers),
+                    drop_last=self.drop_last, packing=packing, **pipeline_settings(src, self.num_workers),
                 )
                 for name, src in self._shard_sources().items()
             }
@@ -283,3 +345,46 @@ class EncodedCaptionedDataModule(CacheReaderMixin, InMemoryLoaders):
         self.source.setup(stage)
         self.train_set = self._encode(tokenizer, self.source.train_set)
         self.val_set = self._encode(tokenizer, self.source.val_set)
+        if self.pack_budget:
+            self._pack_counts = {name: self._token_counts(data)
+                                 for name, data in (("train", self.train_set), ("val", self.val_set))}
+
+    # ---- sequence packing (in-memory sources) ------------------------------------------------------------------
+    def _token_counts(self, data) -> list[int]:
+        """Packing counts (visual + pt + caption tokens) of every item; captions tokenised once per distinct one."""
+        from grn.models.text_encoder import caption_token_counts
+
+        if self.text_encoder is None:
+            raise ValueError("pack_budget needs the datamodule's text_encoder config (caption tokens count toward "
+                             "the budget)")
+        captions = list(data.captions)
+        distinct = sorted(set(captions))
+        lens = dict(zip(distinct, caption_token_counts(self.text_encoder, distinct), strict=True))
+        parts = data.parts if isinstance(data, MixedCaptionedDataset) else [data]
+        visual = [int(t[0].numel()) for part in parts for t in part.tensors["tokens"]]
+        return [v + 1 + lens[c] for v, c in zip(visual, captions, strict=True)]
+
+    def _packed_loader(self, split: str) -> DataLoader:
+        data = self.train_set if split == "train" else self.val_set
+        sampler = PackedSampler(self._pack_counts[split], self.pack_budget, self.pack_dense_ratio,
+                                shuffle=split == "train", seed=self.seed)
+        return DataLoader(PackedView(data), sampler=sampler, batch_size=None, num_workers=self.num_workers or 0)
+
+    def _check_batchable(self, data) -> None:
+        if isinstance(data, MixedCaptionedDataset) and not self.pack_budget:
+            raise ValueError("a mixed image + video source (kind=mixed) batches only with sequence packing: set "
+                             "the stage's datamodule.pack_budget")
+
+    def train_dataloader(self) -> DataLoader:
+        if self.tokens is None and self.pack_budget:
+            return self._packed_loader("train")
+        if self.tokens is None:
+            self._check_batchable(self.train_set)
+        return super().train_dataloader()
+
+    def val_dataloader(self) -> DataLoader:
+        if self.tokens is None and self.pack_budget:
+            return self._packed_loader("val")
+        if self.tokens is None:
+            self._check_batchable(self.val_set)
+        return super().val_dataloader()

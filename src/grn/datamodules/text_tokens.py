@@ -39,6 +39,7 @@ from torch.nn.utils.rnn import pad_sequence
 from grn.datamodules.bad_samples import BadSample
 from grn.datamodules.buckets import BucketBatcher
 from grn.datamodules.captions import CaptionRules
+from grn.datamodules.seq_packing import PackingBatcher
 from grn.datamodules.token_shards import (
     CacheShardDataModule,
     file_sha256,
@@ -258,14 +259,18 @@ class TextTokenShardDataModule(CacheShardDataModule):
     Args:
         cache: the cache folder (with ``meta.json``), as printed by ``scripts/cache_text_tokens.py``.
         short_caption_prob: image captions: chance of the short caption (official 0.2).
+        packing: ``{"budget", "dense_ratio", "window"}``: every batch is one packed sequence
+            (:class:`~grn.datamodules.seq_packing.PackingBatcher`) instead of ``batch_size`` same-shape samples;
+            ``batch_size`` then only sets the epoch length (``epoch_samples / batch_size`` batches).
         **kwargs: pipeline settings of :class:`~grn.datamodules.wds.ShardDataModule`.
     """
 
     provides_text_features = True
 
-    def __init__(self, cache: str, short_caption_prob: float = 0.2, **kwargs) -> None:
+    def __init__(self, cache: str, short_caption_prob: float = 0.2, packing: dict | None = None, **kwargs) -> None:
         super().__init__(cache, **kwargs)
         self.short_caption_prob = float(short_caption_prob)
+        self.packing = dict(packing) if packing else None
         try:
             self.null_text = torch.from_numpy(np.load(self.cache / "null.npy", allow_pickle=False))
         except Exception as err:  # noqa: BLE001 - missing, cut or damaged: one line saying what to do
@@ -280,8 +285,12 @@ class TextTokenShardDataModule(CacheShardDataModule):
     def decoder(self, split: str) -> TextTokenDecoder:
         return TextTokenDecoder(self.kind, self.short_caption_prob, self.meta)
 
-    def batcher(self, split: str) -> TextFeatureBatcher:
-        return TextFeatureBatcher(self.batch_size, self.drop_last if split == "train" else False, self.null_text)
+    def batcher(self, split: str) -> TextFeatureBatcher | PackingBatcher:
+        drop_last = self.drop_last if split == "train" else False
+        if self.packing:
+            return PackingBatcher(self.packing["budget"], self.packing.get("dense_ratio"),
+                                  self.packing.get("window", 256), drop_last, null_text=self.null_text)
+        return TextFeatureBatcher(self.batch_size, drop_last, self.null_text)
 
 
 def iter_cache_samples(cache: str | os.PathLike, split: str = "train") -> Iterator[dict[str, Any]]:

@@ -1,8 +1,8 @@
 """Exact resume: what a Lightning checkpoint lacks to continue as if the run had never stopped.
 
 Lightning checkpoints hold weights, optimisers, schedulers and loop counters. :class:`ExactResume` adds the data
-position (epoch and batches already consumed in it, so a :class:`~grn.distributed.data_order.ResumableSampler` skips
-them) and every rank's RNG states (torch CPU/CUDA, numpy, Python), so the noise drawn after a resume is the noise
+position (epoch and batches already consumed in it, so a :class:`~grn.distributed.data_order.ResumableSampler` or a
+:class:`~grn.datamodules.seq_packing.PackedSampler` skips them) and every rank's RNG states (torch CPU/CUDA, numpy, Python), so the noise drawn after a resume is the noise
 the uninterrupted run drew.
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from grn.datamodules.seq_packing import PackedSampler
 from grn.distributed.data_order import ResumableSampler, make_resumable
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,10 @@ class ExactResume(L.Callback):
         return datamodule
 
     @staticmethod
-    def _sampler(trainer: L.Trainer) -> ResumableSampler | None:
+    def _sampler(trainer: L.Trainer) -> ResumableSampler | PackedSampler | None:
         loader = trainer.train_dataloader
         sampler = getattr(loader, "sampler", None)
-        return sampler if isinstance(sampler, ResumableSampler) else None
+        return sampler if isinstance(sampler, (ResumableSampler, PackedSampler)) else None
 
     # ---- checkpoint hooks -----------------------------------------------------------------------------------
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
@@ -121,7 +122,8 @@ class ExactResume(L.Callback):
             log.warning("the train loader has no ResumableSampler (iterable or custom loader): it restarts its "
                         "epoch unless it restores its own state_dict")
         else:
-            sampler.skip(state["epoch"], state["batches"] * int(loader.batch_size))
+            # a PackedSampler's items are whole batches (packs; the loader's batch_size is None)
+            sampler.skip(state["epoch"], state["batches"] * int(loader.batch_size or 1))
             # The iterator was created before this hook (Lightning's setup_data); with workers it has already
             # drawn indices, so it is rebuilt once the sampler knows its epoch and skip.
             sampler.set_epoch(state["epoch"])

@@ -36,7 +36,7 @@ def run_t2iv(cfg: DictConfig, task: str, sampler: dict[str, Any]) -> Path:
     if not tokenizer_ckpt:
         raise ValueError(f"{cfg.ckpt} records no tokenizer checkpoint: pass tokenizer_ckpt=<path>")
     encode = t2iv_digits.caption_encoder(hp, cfg.ckpt)
-    model = t2iv_digits.TextModel(net, encode, load_tokenizer(tokenizer_ckpt), sample_t2iv)
+    model = t2iv_digits.TextModel.from_hparams(net, encode, load_tokenizer(tokenizer_ckpt), sample_t2iv, hp)
     classifier, classifier_acc = load_or_train_classifier(cfg.eval.classifier_cache)  # trains once if missing
     opts = cfg.t2iv
     seed = int(cfg.seed)

@@ -172,7 +172,7 @@ LEAF_RANGES: dict[str, dict] = {
                                  "prefetch_factor")},
     **{name: _PROB for name in ("label_drop_prob", "caption_drop_prob", "short_caption_prob", "val_fraction",
                                 "flip_prob", "i2v_ratio", "dense_ratio")},
-    "dropout": dict(ge=0, lt=1), "ema_decay": _PROB, "blr": dict(gt=0),
+    "dropout": dict(ge=0, lt=1), "blr": dict(gt=0),
     "lr": dict(gt=0, optional=True, note=" (null: blr x global batch / 256)"),
     "weight_decay": dict(ge=0), "grad_clip": dict(ge=0, optional=True, note=" (null or 0 = no clipping)"),
     "l1_weight": dict(ge=0), "lpips_weight": dict(ge=0), "gan_weight": dict(ge=0), "disc_weight": dict(ge=0),
@@ -252,13 +252,20 @@ def image_size(key: str, path: Any) -> tuple[int, int]:
         raise ConfigError(f"{key}={path} cannot be read as an image ({err})") from None
 
 
-# the refinement modules take `_partial_` optimiser / LR-schedule configs (grn.lit_modules.optim); where the keys
-# of earlier releases went
-REFINER_MODULES = ("GeneratorLitModule", "T2IVLitModule")
+# every module takes `_partial_` optimiser (and, the refinement modules, LR-schedule) configs
+# (grn.lit_modules.optim); where the keys of earlier releases went, per module
 MOVED_OPTIMIZER_KEYS = {
-    "betas": "optimizer.betas",
-    "weight_decay": "optimizer.weight_decay",
-    "warmup_steps": "lr_scheduler.warmup_steps",
+    ("GeneratorLitModule", "T2IVLitModule"): {
+        "betas": "optimizer.betas",
+        "weight_decay": "optimizer.weight_decay",
+        "warmup_steps": "lr_scheduler.warmup_steps",
+    },
+    ("TokenizerLitModule",): {
+        "betas": "optimizer.betas",
+        "weight_decay": "optimizer.weight_decay",
+        "disc_weight_decay": "disc_optimizer.weight_decay",
+        "ema_decay": "ema_decays",
+    },
 }
 
 
@@ -273,10 +280,11 @@ def validate_train(cfg: DictConfig, stages: Iterable[str]) -> None:
         stage = cfg.stages[name]
         number(f"stages.{name}.val_every", stage.get("val_every"), integer=True, ge=1, optional=True)
         lit = stage.get("lit_module") or {}
-        if str(lit.get("_target_", "")).endswith(REFINER_MODULES):
-            for old, new in MOVED_OPTIMIZER_KEYS.items():
-                if old in lit:
-                    raise ConfigError(f"stages.{name}.lit_module.{old} moved: use stages.{name}.lit_module.{new}")
+        moved = [keys for modules, keys in MOVED_OPTIMIZER_KEYS.items()
+                 if str(lit.get("_target_", "")).endswith(modules)]
+        for old, new in (moved[0] if moved else {}).items():
+            if old in lit:
+                raise ConfigError(f"stages.{name}.lit_module.{old} moved: use stages.{name}.lit_module.{new}")
         for part in ("datamodule", "lit_module"):
             if part in stage:
                 check_numbers(stage[part], f"stages.{name}.{part}")

@@ -57,17 +57,25 @@ def build_scheduler(config: Mapping[str, Any] | None, optimizer: torch.optim.Opt
 
 
 def warmup_constant(optimizer: torch.optim.Optimizer, warmup_steps: int = 0,
-                    start_factor: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+                    start_factor: float = 0.0, stop_short: bool = False) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up from ``start_factor · lr`` to ``lr`` over ``warmup_steps`` steps, then constant.
 
     The factor at step s is ``start + (1 - start) · min(1, (s + 1) / warmup_steps)``: the first step already moves
-    off ``start_factor`` (step 0 trains at ``(1/warmup)·lr`` for ``start_factor = 0``, as before this module)."""
+    off ``start_factor`` (step 0 trains at ``(1/warmup)·lr`` for ``start_factor = 0``, as before this module).
+
+    ``stop_short``: the released T2I/T2V trainer's schedule (``t2iv_train.py:train_one_ep``, ratio
+    ``wp0 + (1 - wp0)·g/wp_it`` at its iteration g = s + 1, written only while it is below 1): the same factors
+    for the first ``warmup_steps - 1`` steps, then it stays at the last of them,
+    ``start + (1 - start)·(warmup_steps - 1)/warmup_steps``, and never reaches ``lr`` (0.9801·lr for the
+    released 50 steps from 0.005). Its warm-up also ends with epoch 0; here it runs over the first steps of
+    the run, whatever the epoch length."""
     warmup = max(int(warmup_steps), 0)
     start = float(start_factor)
+    top = max(warmup - 1, 0) if stop_short else warmup
 
     def factor(step: int) -> float:
-        if not warmup:
+        if not top:  # no warm-up (the released trainer never writes an LR for warmup_steps = 1 either)
             return 1.0
-        return start + (1.0 - start) * min(1.0, (step + 1) / warmup)
+        return start + (1.0 - start) * min(top, step + 1) / warmup
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

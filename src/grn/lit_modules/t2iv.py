@@ -6,7 +6,15 @@ Batches hold one kind of sample or both (joint image + video training):
 * one kind: ``{"tokens": int64 [B, d, (T,) h, w] index labels, "caption": list of B str}`` — or, instead of
   ``caption``, precomputed features ``"text": float [B, L, D]`` with ``"text_lens": int64 [B]`` and the empty
   caption's ``"null_text": [L0, D]`` (a text token cache, :mod:`grn.datamodules.text_tokens`);
-* joint: ``{"image": {...one kind...}, "video": {...one kind...}}``.
+* joint: ``{"image": {...one kind...}, "video": {...one kind...}}``;
+* packed (:mod:`grn.datamodules.seq_packing`, the released trainer's sequence packing): samples of any shapes,
+  ``{"tokens": list of S int64 [d, (T,) h, w], "rows": [[sample numbers of row 0], ...], "caption": list of S
+  str}`` (or the ``text`` / ``text_lens`` / ``null_text`` features, one row per sample); each row is one packed
+  sequence with full attention inside each sample only.
+
+The loss is the official one (official update §C4): per token the cross-entropy averaged over the label channels,
+per sample the mean over its predicted tokens, and over the samples of a batch ``sum_i w_i·L_i`` with
+``w_i ∝ N_i^r`` (``loss_weight_power`` r, N_i the sample's T·h·w; r = 0, the default, is the plain mean).
 
 Index labels are converted to the network's layout (round-major bits for GRN_bit) here, so one token cache serves
 both variants. Captions are encoded by a frozen text encoder that is *not* part of the module's state (it is
@@ -27,14 +35,17 @@ from grn.lit_modules.optim import adamw
 from grn.lit_modules.refiner import RefinementLitModule
 from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
+from grn.models.packing import SampleSpec, packed_layout
 from grn.objective import (
     draw_first_frame_condition,
     mix_with_noise_and_mask,
     realised_keep_prob,
     sample_keep_prob,
+    sample_weights,
+    segment_mean,
     text_sample_losses,
 )
-from grn.prompts import as_first_frame_caption
+from grn.prompts import PREFIXES, as_first_frame_caption, ensure_prefix, sample_task
 from grn.sampling.config import SamplerConfig
 from grn.sampling.refine import PT_VALUES, RefineResult
 from grn.sampling.text import pad_texts, sample_t2iv
@@ -60,10 +71,16 @@ class T2IVLitModule(RefinementLitModule):
         lr_scheduler: ``_partial_`` schedule config (default: none, constant LR; the configs warm up over 100 steps).
         ema_decays: one EMA per decay (``ema1`` is used for sampling).
         sampler: sampler settings used for validation samples.
+        loss_weight_power: r of the per-sample loss weights ``w_i ∝ (T_i·h_i·w_i)^r`` (the released trainer's
+            ``reweight_loss_by_scale``; 0: equal weights, the official default; 0.5: the released script).
+        prompt_prefix: the model is trained on captions that start with ``<T2I>`` / ``<T2V>`` (the data adds
+            them: ``prompt_prefix`` of the data configs; official update §A6). Training checks that every
+            non-empty string caption carries one, and :meth:`sample` adds them to its prompts. Cached caption
+            features are taken as given (their cache records whether it was built with prefixes).
         i2v_ratio: share of video clips trained with the official first-frame condition (official update §B1,
             §B10; :func:`grn.objective.text_sample_losses`): latent frame 0's clean tokens are the condition, the
             loss is over frames 1…T-1 only, and a ``"<T2V>"`` caption becomes ``"<I2V>"``. 0 (default, the
-            released script): none. Sample such a model with ``i2v_mode=first_frame`` (the network's setting).
+            released script): none. Not with packed batches (``rows``) yet. Sample such a model with ``i2v_mode=first_frame`` (the network's setting).
     """
 
     def __init__(
@@ -83,6 +100,8 @@ class T2IVLitModule(RefinementLitModule):
         ema_warmup: bool = False,
         sampler: dict | None = None,
         pt_value: str = "nominal",
+        loss_weight_power: float = 0.0,
+        prompt_prefix: bool = False,
         i2v_ratio: float = 0.0,
     ):
         super().__init__()
@@ -134,6 +153,11 @@ class T2IVLitModule(RefinementLitModule):
                 lens = torch.where(drop, torch.full_like(lens, empty.shape[0]), lens)
             return text, lens
         captions = list(part["caption"])
+        if self.hparams.get("prompt_prefix"):
+            bare = [c for c in captions if c and not c.startswith(tuple(PREFIXES.values()))]
+            if bare:
+                raise ValueError(f"prompt_prefix=true but the caption {bare[0]!r} has no <T2I>/<T2V>/<I2V> prefix: "
+                                 "set the data's prompt_prefix too (the data adds the prefixes)")
         if first_frame is not None:
             captions = [as_first_frame_caption(c) if f else c for c, f in zip(captions, first_frame.tolist())]
         if drop is not None:
@@ -151,7 +175,10 @@ class T2IVLitModule(RefinementLitModule):
     # ---- data contract ---------------------------------------------------------------------------------------
     @staticmethod
     def parts(batch: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-        """``[(kind, part)]``: the image and/or video parts of a joint batch, or the single part."""
+        """``[(kind, part)]``: the image and/or video parts of a joint batch, or the single part (``packed`` for
+        a packed one, which holds both kinds)."""
+        if "rows" in batch:
+            return [("packed", batch)]
         if "tokens" in batch:
             return [("video" if batch["tokens"].dim() == 5 else "image", batch)]
         found = [(k, batch[k]) for k in ("image", "video") if k in batch]
@@ -167,31 +194,75 @@ class T2IVLitModule(RefinementLitModule):
                                 shift=hp.keep_prob_shift)
 
     def objective(self, batch: Mapping[str, Any], generator: torch.Generator | None = None, drop: bool = True):
-        """Loss of the official trainer: per-element cross-entropy, averaged over each sample's predicted tokens,
-        then an equal-weight mean over the samples (images and clips alike); with ``i2v_ratio`` a share of the
-        clips in the first-frame form (:func:`grn.objective.text_sample_losses`). Returns (loss, per-kind sample
-        losses)."""
-        per_sample, per_kind = [], {}
+        """The official trainer's loss (module docstring): ``(loss, per-kind sample losses, accuracy)``, the
+        accuracy (share of correct labels per sample) weighted as the loss."""
+        losses, accs, sizes, per_kind = [], [], [], {}
         for kind, part in self.parts(batch):
-            x = self.target_labels(part["tokens"])
-            b = x.shape[0]
-            t = self.sample_keep_prob(b, generator)
-            dropped = None
-            if drop and self.hparams.caption_drop_prob > 0:
-                dropped = torch.rand(b, device=x.device, generator=generator) < self.hparams.caption_drop_prob
-            first = draw_first_frame_condition(x, self.hparams.get("i2v_ratio", 0.0), generator)
-            text, lens = self._text(part, dropped, first)
-            z, keep = mix_with_noise_and_mask(x, t, self.num_levels, generator)
-            pt = realised_keep_prob(keep) if self.hparams.pt_value == "realised" else t
-            ce = text_sample_losses(self.net, x, z, pt, text, lens, first)  # [B]
-            per_sample.append(ce)
-            per_kind[kind] = ce
-        return torch.cat(per_sample).mean(), per_kind
+            step = self._packed_part if "rows" in part else self._plain_part
+            for name, (ce, acc, n) in step(kind, part, generator, drop).items():
+                losses.append(ce)
+                accs.append(acc)
+                sizes.append(n)
+                per_kind[name] = torch.cat([per_kind[name], ce]) if name in per_kind else ce
+        w = sample_weights(torch.cat(sizes), self.hparams.get("loss_weight_power", 0.0))
+        return (torch.cat(losses) * w).sum(), per_kind, (torch.cat(accs) * w).sum()
+
+    def _drop_mask(self, b: int, device, generator, drop: bool) -> torch.Tensor | None:
+        if drop and self.hparams.caption_drop_prob > 0:
+            return torch.rand(b, device=device, generator=generator) < self.hparams.caption_drop_prob
+        return None
+
+    def _plain_part(self, kind: str, part: Mapping[str, Any], generator, drop: bool):
+        """Same-shape samples, one per row: ``{kind: (ce [B], accuracy [B], tokens per sample [B])}``."""
+        x = self.target_labels(part["tokens"])
+        b = x.shape[0]
+        t = self.sample_keep_prob(b, generator)
+        dropped = self._drop_mask(b, x.device, generator, drop)
+        first = draw_first_frame_condition(x, self.hparams.get("i2v_ratio", 0.0), generator)  # official I2V
+        text, lens = self._text(part, dropped, first)
+        z, keep = mix_with_noise_and_mask(x, t, self.num_levels, generator)
+        pt = realised_keep_prob(keep) if self.hparams.pt_value == "realised" else t
+        ce, acc = text_sample_losses(self.net, x, z, pt, text, lens, first, with_accuracy=True)  # [B] each
+        n = torch.full((b,), x[0, 0].numel(), device=x.device)  # T·h·w
+        return {kind: (ce, acc, n)}
+
+    def _packed_part(self, kind: str, part: Mapping[str, Any], generator, drop: bool):
+        """Samples of any shapes packed into rows (``rows``): ``{"image"/"video": (ce, accuracy, tokens)}`` by
+        sample shape (one latent frame: image). The loops run over samples, never over tokens."""
+        if self.hparams.get("i2v_ratio", 0.0) > 0:
+            raise ValueError("i2v_ratio > 0 is not supported with packed batches yet: set the data's packing off")
+        tokens = list(part["tokens"])
+        s = len(tokens)
+        device = tokens[0].device
+        shapes = [tok.shape[1:] if tok.dim() == 4 else (1, *tok.shape[1:]) for tok in tokens]  # (T, h, w)
+        counts = torch.tensor([int(torch.Size(sh).numel()) for sh in shapes], device=device)
+        # every visual token as one row of labels, samples in order, each (t, h, w) row-major (the layout's order)
+        flat = torch.cat([tok.reshape(tok.shape[0], -1).t() for tok in tokens])  # [Nv, d] index labels
+        x = self.target_labels(flat)  # [Nv, C]
+        sid = torch.repeat_interleave(torch.arange(s, device=device), counts)  # the sample of each token
+        t = self.sample_keep_prob(s, generator)
+        text, lens = self._text(part, self._drop_mask(s, device, generator, drop))
+        z, keep = mix_with_noise_and_mask(x, t[sid], self.num_levels, generator)
+        pt = segment_mean(keep.float().mean(1), sid, s) if self.hparams.pt_value == "realised" else t
+        specs = [SampleSpec(int(f), int(h), int(w), int(n)) for (f, h, w), n in zip(shapes, lens.tolist())]
+        layout = packed_layout(specs, part["rows"]).to(device)
+        valid = torch.arange(text.shape[1], device=text.device)[None] < lens[:, None]
+        logits = self.net.forward_layout(layout, z, pt, text[valid]).float()  # [Nv, C, K]
+        ce = segment_mean(F.cross_entropy(logits.transpose(1, 2), x, reduction="none").mean(1), sid, s)
+        acc = segment_mean((logits.argmax(-1) == x).float().mean(1), sid, s)
+        video = torch.tensor([sh[0] > 1 for sh in shapes], device=device)
+        out = {}
+        for name, pick in (("image", ~video), ("video", video)):
+            if bool(pick.any()):
+                out[name] = (ce[pick], acc[pick], counts[pick])
+        return out
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, per_kind = self.objective(batch)
+        loss, per_kind, acc = self.objective(batch)
         n = sum(v.numel() for v in per_kind.values())
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        self.log("train/acc", acc, on_step=True, on_epoch=False, batch_size=n)
+        self.log("train/samples", float(n), on_step=True, on_epoch=False, batch_size=1)
         for kind, v in per_kind.items():
             self.log(f"train/loss_{kind}", v.mean(), on_step=True, on_epoch=False, batch_size=v.numel())
         return loss
@@ -199,7 +270,7 @@ class T2IVLitModule(RefinementLitModule):
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         g = torch.Generator(device=self.device).manual_seed(1000 + batch_idx)
         with self.ema_weights():
-            loss, per_kind = self.objective(batch, generator=g, drop=False)
+            loss, per_kind, _ = self.objective(batch, generator=g, drop=False)
         n = sum(v.numel() for v in per_kind.values())
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=n)
 
@@ -221,6 +292,11 @@ class T2IVLitModule(RefinementLitModule):
         """Labels for ``captions`` with the current weights: index labels ``[B, d, (T,) h, w]``.
 
         ``label_shape`` is the network's ``(C, h, w)`` or ``(C, T, h, w)``; ``first_frame`` (network layout
-        ``[B, C, h, w]``) makes it image-to-video."""
+        ``[B, C, h, w]``) makes it image-to-video. With ``prompt_prefix`` the captions get the task prefix the
+        model was trained with (:func:`grn.prompts.sample_task`); the negative prompt stays bare, as in the official tools."""
+        if self.hparams.get("prompt_prefix"):
+            task = sample_task(len(label_shape) == 3, first_frame is not None, self.hparams.get("i2v_ratio"))
+            captions = [ensure_prefix(c, task) for c in captions]
         return sample_t2iv(self.net, self.encode_captions, captions, label_shape, generator, negative_prompt,
                            first_frame, sampler, **overrides)
+

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -23,7 +23,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from grn.distributed.fsdp import is_sharded, reshard, shard_module
 from grn.lit_modules.config import CheckedLoad, plain_config
-from grn.lit_modules.optim import decay_groups
+from grn.lit_modules.optim import adamw, build_optimizer, decay_groups
 from grn.models.discriminator import to_sync_batch_norm, uses_batch_statistics
 from grn.models.ema import EMA
 from grn.losses.adversarial import adaptive_weight, generator_adv_loss, hinge_d_loss
@@ -70,16 +70,21 @@ class TokenizerLitModule(CheckedLoad, L.LightningModule):
         l1_weight, lpips_weight, gan_weight: loss weights; ``gan_weight`` multiplies the adaptive weight.
         disc_start: generator step from which the GAN terms (both steps) are on.
         adaptive_gan_weight: use the VQGAN gradient-norm ratio (else 1) before ``gan_weight``.
-        lr, disc_lr, betas, weight_decay: AdamW settings (``disc_lr`` defaults to ``lr``). The learning rate
-            is constant (no scheduler).
+        lr, disc_lr: learning rates of the tokenizer and discriminator optimisers (``disc_lr`` None: ``lr``);
+            constant (no scheduler).
+        optimizer: ``_partial_`` optimiser config of the tokenizer (:mod:`grn.lit_modules.optim`; default AdamW
+            betas (0.5, 0.9), weight decay 0), built in ``configure_optimizers`` after sharding. Its
+            ``weight_decay`` applies to the decayed parameter group (see ``decay_1d_and_bias``).
+        disc_optimizer: the discriminator's ``_partial_`` optimiser config (None: ``optimizer``); its
+            ``weight_decay`` applies to every discriminator parameter.
         grad_clip: max gradient norm for each optimiser (0 disables).
-        ema_decay, ema_warmup: EMA of the tokenizer weights (see :class:`~grn.models.ema.EMA`), updated after
-            every tokenizer update.
+        ema_decays, ema_warmup: EMA of the tokenizer weights (see :class:`~grn.models.ema.EMA`), updated after
+            every tokenizer update. One decay (a one-element list: the same key as the generators', which keep
+            several EMAs).
         quantize: decode the HBQ-quantised latent (straight-through) rather than the continuous one.
         disc_weight: factor on the discriminator's hinge loss (official ``image_disc_weight``).
-        disc_weight_decay: AdamW weight decay of every discriminator parameter (None: ``weight_decay``).
-        decay_1d_and_bias: apply ``weight_decay`` to all tokenizer parameters (True) or, as the released
-            recipe does, only to those with ``ndim >= 2`` that are not biases (False).
+        decay_1d_and_bias: apply the optimiser's weight decay to all tokenizer parameters (True) or, as the
+            released recipe does, only to those with ``ndim >= 2`` that are not biases (False).
         joint_update: ``"joint"``: one tokenizer and one discriminator update per batch, each loss the mean
             over the batch's parts; ``"per_batch"``: the released rule (facts D7), one tokenizer and one
             discriminator update per part (image, then video), each on that part alone.
@@ -101,14 +106,13 @@ class TokenizerLitModule(CheckedLoad, L.LightningModule):
         adaptive_gan_weight: bool = True,
         lr: float = 1e-4,
         disc_lr: float | None = None,
-        betas: tuple[float, float] = (0.5, 0.9),
-        weight_decay: float = 0.0,
+        optimizer: dict | None = None,
+        disc_optimizer: dict | None = None,
         grad_clip: float = 1.0,
-        ema_decay: float = 0.999,
+        ema_decays: Sequence[float] = (0.999,),
         ema_warmup: bool = True,
         quantize: bool = True,
         disc_weight: float = 1.0,
-        disc_weight_decay: float | None = None,
         decay_1d_and_bias: bool = True,
         joint_update: str = "joint",
     ):
@@ -117,14 +121,18 @@ class TokenizerLitModule(CheckedLoad, L.LightningModule):
             raise ValueError(f"joint_update must be one of {JOINT_UPDATES}, got {joint_update!r}")
         # plain containers in the checkpoint's hyper_parameters (save_hyperparameters reads these locals)
         tokenizer, discriminator, lpips = plain_config(tokenizer), plain_config(discriminator), plain_config(lpips)
-        betas = tuple(float(b) for b in betas)
+        optimizer = plain_config(optimizer) or adamw(betas=[0.5, 0.9], weight_decay=0.0)
+        disc_optimizer = plain_config(disc_optimizer)
+        ema_decays = [float(d) for d in ema_decays]
+        if len(ema_decays) != 1:
+            raise ValueError(f"the tokenizer keeps one EMA: ema_decays must have one decay, got {ema_decays}")
         self.save_hyperparameters()
         self.automatic_optimization = False
 
         self.tokenizer: HBQTokenizer = instantiate(tokenizer, _convert_="all")
         self.discriminator = instantiate(discriminator, _convert_="all")
         self.lpips = build_lpips(**(lpips or {})) if lpips_weight > 0 else None
-        self.ema = EMA(self.tokenizer, ema_decay, warmup=ema_warmup)
+        self.ema = EMA(self.tokenizer, ema_decays[0], warmup=ema_warmup)
         # the EMA copy used during validation; kept in a dict so it is not registered as a submodule
         self._val_cache: dict[str, HBQTokenizer] = {}
 
@@ -277,15 +285,9 @@ class TokenizerLitModule(CheckedLoad, L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt_g = torch.optim.AdamW(
-            decay_groups(self.tokenizer, not hp.decay_1d_and_bias, hp.weight_decay), lr=hp.lr, betas=hp.betas
-        )
-        opt_d = torch.optim.AdamW(
-            self.discriminator.parameters(),
-            lr=hp.disc_lr if hp.disc_lr is not None else hp.lr,
-            betas=hp.betas,
-            weight_decay=hp.weight_decay if hp.disc_weight_decay is None else hp.disc_weight_decay,
-        )
+        opt_g = build_optimizer(hp.optimizer, decay_groups(self.tokenizer, not hp.decay_1d_and_bias), hp.lr)
+        opt_d = build_optimizer(hp.disc_optimizer or hp.optimizer, [{"params": list(self.discriminator.parameters())}],
+                                hp.disc_lr if hp.disc_lr is not None else hp.lr)
         return [opt_g, opt_d]
 
     # -------------------------------------------------------------------------------------------- validation

@@ -34,6 +34,7 @@ from grn import hbq
 from grn.checkpoints import build_from_config, load_t2iv
 from grn.datamodules.captioned import DIGIT_WORDS, DIRECTIONS, moving_digits
 from grn.metrics.digits import predict
+from grn.prompts import ensure_prefix, sample_task
 
 __all__ = [
     "SIZE",
@@ -88,10 +89,10 @@ def caption_encoder(hp: dict, ckpt: str | Path) -> Callable[[list[str]], list[to
     return lambda caps: [f.float() for f in enc.encode_texts(caps)]
 
 
-def load_with_encoder(ckpt: str | Path, ema: str | None = "ema1"):
-    """A T2I/T2V checkpoint's network and its caption encoder: ``(net, encode)``."""
+def load_with_encoder(ckpt: str | Path, ema: str | None = "ema1", with_hparams: bool = False):
+    """A T2I/T2V checkpoint's network and its caption encoder: ``(net, encode)`` (``+ (hparams,)``)."""
     net, hp = load_t2iv(ckpt, ema)
-    return net, caption_encoder(hp, ckpt)
+    return (net, caption_encoder(hp, ckpt), hp) if with_hparams else (net, caption_encoder(hp, ckpt))
 
 
 @dataclass
@@ -104,11 +105,21 @@ class TextModel:
     encode: Callable[[list[str]], list[torch.Tensor]]
     tokenizer: nn.Module
     sample: Callable[..., Any]
+    prompt_prefix: bool = False  # the model was trained on <T2I> / <T2V> captions (its hyper_parameters say so)
+    i2v_ratio: float = 0.0       # ... and on <I2V> first-frame captions
+
+    @classmethod
+    def from_hparams(cls, net, encode, tokenizer, sample, hp: dict) -> "TextModel":
+        """A model whose prompts get the prefixes its checkpoint's ``hyper_parameters`` record."""
+        return cls(net, encode, tokenizer, sample, bool(hp.get("prompt_prefix")), float(hp.get("i2v_ratio") or 0))
 
     @torch.no_grad()
     def pixels(self, captions: Sequence[str], shape: Sequence[int], seed: int, sampler: dict,
                first_frame: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         """Samples for ``captions`` (one generator seeded ``seed``), decoded: ``(pixels in [-1, 1], result)``."""
+        if self.prompt_prefix:
+            task = sample_task(len(shape) == 3, first_frame is not None, self.i2v_ratio)
+            captions = [ensure_prefix(c, task) for c in captions]
         g = torch.Generator().manual_seed(seed)
         res = self.sample(self.net, self.encode, captions, shape, g, first_frame=first_frame, **sampler)
         feats = hbq.dequantize(res.labels, self.net.hbq_rounds, "index")

@@ -244,3 +244,27 @@ def tiny_text_encoder(
         torch.manual_seed(seed)
         model = UMT5EncoderModel(cfg)
     return TextEncoder(model, tok, max_length)
+
+
+def caption_token_counts(text_encoder: dict, captions: Sequence[str]) -> list[int]:
+    """How many tokens the encoder of config ``text_encoder`` gives each caption (end token included, truncated
+    at its ``max_length``: the official ``tlen`` clip), from its tokenizer alone — the umT5-XXL weights are not
+    loaded. For a registered encoder config (``load_umt5_encoder`` or ``tiny_text_encoder``); sequence packing
+    counts a sample's text with it before anything is encoded."""
+    from transformers import AutoTokenizer, ByT5Tokenizer
+
+    target = str(text_encoder.get("_target_", ""))
+    max_length = int(text_encoder.get("max_length", MAX_TEXT_LEN))
+    if target.endswith("tiny_text_encoder"):
+        tok = ByT5Tokenizer()
+    elif target.endswith("load_umt5_encoder"):
+        folder = Path(text_encoder["tokenizer"])
+        if not folder.is_dir():
+            raise _missing(folder, "umT5-XXL tokenizer folder")
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    else:
+        raise ValueError(f"cannot count caption tokens for text encoder {target!r}: use load_umt5_encoder or "
+                         "tiny_text_encoder")
+    ids = tok([clean_caption(c) for c in captions], truncation=True, max_length=max_length,
+              add_special_tokens=True)["input_ids"]
+    return [len(i) for i in ids]

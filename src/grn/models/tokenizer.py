@@ -51,16 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from grn import hbq
-from grn.models.tokenizer_blocks import (
-    AttentionBlock,
-    CausalConv3d,
-    Resample,
-    ResidualBlock,
-    RMSNorm,
-    TemporalCache,
-    patchify,
-    unpatchify,
-)
+from grn.models.tokenizer_blocks import CausalConv3d, TemporalCache, patchify, unpatchify
+from grn.models.tokenizer_blocks import AttentionBlock, Resample, ResidualBlock, RMSNorm  # re-exported only
 from grn.models.tokenizer_stages import AvgDown3D, Decoder3d, DownStage, DupUp3D, Encoder3d, UpStage, _flags
 
 __all__ = [

@@ -69,12 +69,12 @@ class SamplerConfig:
         set_ = object.__setattr__
         for name in _INTS:
             value = getattr(self, name)
-            if isinstance(value, bool) or not float(value).is_integer():
+            if isinstance(value, bool) or not _number(value).is_integer():
                 raise ValueError(f"sampler.{name}={value!r} is invalid: it must be an integer")
             set_(self, name, int(value))
         for name in _FLOATS:
             value = getattr(self, name)
-            if isinstance(value, bool):
+            if isinstance(value, bool) or _number(value) != _number(value):  # NaN fails too
                 raise ValueError(f"sampler.{name}={value!r} is invalid: it must be a number")
             set_(self, name, float(value))
         for name in ("revise", "compile"):
@@ -124,6 +124,15 @@ class SamplerConfig:
         out = dataclasses.asdict(self)
         out["cfg_interval"] = list(out["cfg_interval"])
         return out
+
+
+def _number(value: Any) -> float:
+    """``float(value)``, or NaN for what is not a number (a string such as ``"hot"``, None): the checks above
+    then report the key by name instead of float()'s message."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 SAMPLER_KEYS: tuple[str, ...] = tuple(f.name for f in fields(SamplerConfig))

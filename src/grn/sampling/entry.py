@@ -28,6 +28,7 @@ def sample_labels(
     known: torch.Tensor | None = None,
     region: torch.Tensor | None = None,
     callback=None,
+    on_step=None,
     **overrides: Any,
 ) -> RefineResult:
     """Run the refinement sampler with ``net``; returns index labels ``[B, d, h, w]`` (bits are converted).
@@ -44,6 +45,8 @@ def sample_labels(
         known, region: region re-generation — index labels ``[B, d, h, w]`` to keep and a bool mask
             ``[B, 1, h, w]`` (or broadcastable) that is True where to generate.
         callback: called with the step index after each step (progress bars).
+        on_step: called with a :class:`~grn.sampling.refine.RefineStep` after each step (the maps in the
+            network's layout: bits for GRN_bit); nothing is computed for it when None.
     """
     cfg = SamplerConfig.build(sampler, **overrides)
     forward = compiled_forward(net) if cfg.compile else net
@@ -68,6 +71,7 @@ def sample_labels(
                 region=region,
                 bit_target=trained,
                 callback=callback,
+                on_step=on_step,
                 **cfg.refine_options(),
             )
     finally:

@@ -50,6 +50,41 @@ class RefineResult:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class RefineStep:
+    """What one step of the loop did, handed to ``refine``'s ``on_step`` observer (the studio's live view).
+
+    Every tensor covers the samples still refining (``rows``, ``A`` of them) in the network's label layout
+    (bits for GRN_bit). They are the loop's own tensors, not copies, and are valid only during the call: an
+    observer copies what it keeps and writes none of them.
+
+    Attributes:
+        index: the step i (0-based).
+        rows: int64 ``[A]``, the batch rows of the samples still refining.
+        keep_prob, next_keep_prob: float64 ``[A]``, the nominal t_i of this step's input, t_{i+1} of the next.
+        cfg_scale: ``[A]``, the guidance scale applied at this step.
+        entropy: float ``[A]``, Eq. 8 of each sample's conditional prediction (over the region, if any).
+        inputs: int64 ``[A, C, ...]``, the map z_i the network saw.
+        prediction: int64 ``[A, C, ...]``, the labels ŷ drawn from the (guided, tempered) logits.
+        keep: bool ``[A, C, ...]``, the predictions the next map keeps (all of them on the last step).
+        labels: int64 ``[A, C, ...]``, the next map z_{i+1} (the kept predictions, the initial noise
+            elsewhere, the given labels outside a region).
+        region: bool ``[A, C, ...]``, True where labels are generated (everywhere without a region).
+    """
+
+    index: int
+    rows: torch.Tensor
+    keep_prob: torch.Tensor
+    next_keep_prob: torch.Tensor
+    cfg_scale: torch.Tensor
+    entropy: torch.Tensor
+    inputs: torch.Tensor
+    prediction: torch.Tensor
+    keep: torch.Tensor
+    labels: torch.Tensor
+    region: torch.Tensor
+
+
 def sample_categorical(
     logits: torch.Tensor,
     temperature: float | torch.Tensor,
@@ -115,6 +150,7 @@ def refine(
     callback: Callable[[int], None] | None = None,
     pt_value: str = "nominal",
     pt_counts_known: bool = True,
+    on_step: Callable[[RefineStep], None] | None = None,
 ) -> RefineResult:
     """Run the refinement loop.
 
@@ -149,6 +185,8 @@ def refine(
             tokens in the whole map (``known_share + (1 - known_share)·t_i``, region re-generation); False tells it
             ``t_i``, the share over the region only (the official first-frame I2V, whose first frame is extra
             tokens outside the generated map, official update §B7).
+        on_step: called after each step with a :class:`RefineStep` (the maps, the kept set, the entropy); it
+            only sees what the loop computed anyway (no extra network pass), and costs nothing when None.
     Returns:
         :class:`RefineResult`; stats ``keep_prob``, ``cfg_scale``, ``entropy`` (Eq. 8 of the conditional
         prediction), ``kept_fraction`` (share of the region kept from the prediction for the next step),
@@ -298,6 +336,10 @@ def refine(
         rec["kept_fraction"][i] = kept_share.mean()
         rec["active"][i] = n
         rec["network_rows"][i] = n + guided.numel()  # samples through the network this step (cond + uncond)
+        if on_step is not None:
+            on_step(RefineStep(index=i, rows=idx, keep_prob=t_now, next_keep_prob=t_next, cfg_scale=scale,
+                               entropy=entropy, inputs=z_a, prediction=pred, keep=keep, labels=z_next,
+                               region=sel_a))
         if callback is not None:
             callback(i)
 

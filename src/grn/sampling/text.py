@@ -39,7 +39,7 @@ from grn.models.packing import I2V_MODES
 from grn.models.t2iv import T2IVNet
 from grn.precision import autocast
 from grn.sampling.config import SamplerConfig
-from grn.sampling.refine import RefineResult, refine
+from grn.sampling.refine import RefineResult, RefineStep, refine
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ def sample_text_to_labels(
     region: torch.Tensor | None = None,
     callback: Callable[[int], None] | None = None,
     i2v_mode: str | None = None,
+    on_step: Callable[[RefineStep], None] | None = None,
     **overrides: Any,
 ) -> RefineResult:
     """Generate label maps (the network's layout) for encoded captions; the layer under :func:`sample_t2iv`.
@@ -162,6 +163,7 @@ def sample_text_to_labels(
             ``attention='fsa'`` networks, where it would be wrong).
         known, region: region re-generation, as :func:`refine` (not together with ``first_frame``).
         callback: called with the step index after each step.
+        on_step: called with a :class:`~grn.sampling.refine.RefineStep` after each step (see :func:`refine`).
     Returns:
         :class:`RefineResult` with labels ``[B, *label_shape]``.
     """
@@ -197,6 +199,7 @@ def sample_text_to_labels(
         region=region,
         callback=callback,
         pt_counts_known=not official_i2v,  # official I2V: the pt value is over the generated tokens only (§B7)
+        on_step=on_step,
         **cfg.refine_options(),
     )
 
@@ -221,6 +224,9 @@ def sample_t2iv(
     sampler: SamplerConfig | None = None,
     *,
     callback: Callable[[int], None] | None = None,
+    on_step: Callable[[RefineStep], None] | None = None,
+    known: torch.Tensor | None = None,
+    region: torch.Tensor | None = None,
     **overrides: Any,
 ) -> RefineResult:
     """The T2I / T2V / I2V sampling entry: captions -> index labels ``[B, d, (T,) h, w]`` (bits are converted).
@@ -235,11 +241,16 @@ def sample_t2iv(
             encoded only when guidance is on.
         first_frame: image-to-video: labels of latent frame 0 in the network's layout ``[B, C, h, w]``, in the
             form ``sampler.i2v_mode`` names (null: the network's ``i2v_mode``; see the module docstring).
+        known, region: region re-generation: index labels ``[B, d, (T,) h, w]`` to keep (converted to bits
+            for a GRN_bit network) and a bool mask broadcastable to them, True where to generate.
+        callback, on_step: per-step observers (:func:`sample_text_to_labels`).
         sampler, overrides: as :func:`sample_text_to_labels`. ``precision`` (``fp32`` | ``bf16`` | ``auto``,
             :mod:`grn.precision`): bf16 autocast for the network passes; the label head, and so the logits the
             sampler draws from, stay fp32. ``compile`` applies to the class-conditional sampler only.
     """
     cfg = SamplerConfig.build(sampler, **overrides)
+    if known is not None and net.target == "bits":
+        known = hbq.index_labels_to_bit_labels(known, net.hbq_rounds)
     if cfg.compile:
         log.warning("sampler.compile applies to the class-conditional sampler; T2I/T2V sampling runs eagerly")
     texts = encode(list(captions))
@@ -250,7 +261,8 @@ def sample_t2iv(
     try:
         with autocast(cfg.precision, next(net.parameters()).device):
             result = sample_text_to_labels(net, texts, label_shape, negative, cfg, generator=generator,
-                                           first_frame=first_frame, callback=callback)
+                                           first_frame=first_frame, callback=callback, on_step=on_step,
+                                           known=known, region=region)
     finally:
         net.train(was_training)
     if net.target == "bits":
