@@ -65,10 +65,10 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()  # not a global switch: tests call main() in their own process
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.time()
-    torch.set_grad_enabled(False)
     base = dict(num_steps=args.steps, schedule="cosine", cfg_scale=args.cfg, temperature=args.temperature,
                 pt_value=args.pt_value)
     results: dict = {}

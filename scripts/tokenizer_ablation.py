@@ -139,19 +139,10 @@ def fit_quietly(module, datamodule, steps: int, print_every: int, name: str) -> 
     """Train ``module`` for ``steps`` steps on one CPU, silently but for a loss line every ``print_every``
     steps and without validation (the callers score the result themselves); returns the trainer and the
     training wall time in seconds."""
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, steps)),
-        callbacks=[_PrintLosses(print_every, name)],
-    )
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, steps)),
+                        callbacks=[_PrintLosses(print_every, name)])
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     return trainer, time.perf_counter() - start

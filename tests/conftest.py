@@ -91,21 +91,13 @@ def tiny_c2i_checkpoints(tmp_path_factory):
 def tiny_text_checkpoints(tmp_path_factory):
     """``(t2iv.ckpt, tokenizer.ckpt)``: a tiny untrained T2I/T2V checkpoint (GRN_bit, the tiny caption encoder)
     on the tiny joint tokenizer (stride 8 in space, 4 in time), written once per test run."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from grn.lit_modules.t2iv import T2IVLitModule
-    from grn.models.ema import EMA
-    from tiny_nets import tiny_t2iv_config, tiny_text_encoder_config
+    from tiny_nets import save_tiny_joint_tokenizer, tiny_t2iv_config, tiny_text_encoder_config
 
     root = tmp_path_factory.mktemp("tiny_text")
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "tokenizer" / "tiny_joint.yaml"))
-    torch.manual_seed(0)
-    tok = instantiate(cfg)
-    state = {f"tokenizer.{k}": v for k, v in tok.state_dict().items()}
-    state.update({f"ema.{k}": v for k, v in EMA(tok, 0.0).state_dict().items()})
     tok_path = root / "tokenizer.ckpt"
-    torch.save({"hyper_parameters": {"tokenizer": cfg}, "state_dict": state}, tok_path)
+    cfg = save_tiny_joint_tokenizer(tok_path)
     module = T2IVLitModule(net=tiny_t2iv_config(cfg["latent_dim"], cfg["hbq_rounds"]),
                            text_encoder=tiny_text_encoder_config(), tokenizer_ckpt=str(tok_path))
     gen_path = root / "t2iv.ckpt"

@@ -52,21 +52,12 @@ def saved_c2i(c2i_run, tmp_path_factory) -> tuple[GRNPipeline, Path]:
 
 @pytest.fixture(scope="module")
 def t2i_ckpt(tmp_path_factory) -> Path:
-    from omegaconf import OmegaConf
 
-    from grn.entrypoints.common import CONF_DIR
     from grn.lit_modules.t2iv import T2IVLitModule
-    from grn.models.ema import EMA
-    from grn.models.tokenizer import HBQTokenizer
-    from tiny_nets import tiny_t2iv_config, tiny_text_encoder_config
+    from tiny_nets import save_tiny_joint_tokenizer, tiny_t2iv_config, tiny_text_encoder_config
 
     root = tmp_path_factory.mktemp("t2i")
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "tokenizer" / "tiny_joint.yaml"))
-    torch.manual_seed(0)
-    tok = HBQTokenizer(**{k: v for k, v in cfg.items() if k != "_target_"})
-    state = {f"tokenizer.{k}": v for k, v in tok.state_dict().items()}
-    state.update({f"ema.{k}": v for k, v in EMA(tok, 0.0).state_dict().items()})
-    torch.save({"hyper_parameters": {"tokenizer": cfg}, "state_dict": state}, root / "tokenizer.ckpt")
+    cfg = save_tiny_joint_tokenizer(root / "tokenizer.ckpt")
     module = T2IVLitModule(net=tiny_t2iv_config(cfg["latent_dim"], cfg["hbq_rounds"]),
                            text_encoder=tiny_text_encoder_config(), tokenizer_ckpt=str(root / "tokenizer.ckpt"))
     with torch.no_grad():  # the text encoder's weights are saved, not re-drawn: make them differ from a fresh draw

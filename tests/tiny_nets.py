@@ -128,3 +128,26 @@ def tiny_tokenizer_ckpt(path, seed: int = 0, config: str = "tiny"):
     state.update({f"ema.{k}": v for k, v in EMA(tok, 0.0).state_dict().items()})
     torch.save({"hyper_parameters": {"tokenizer": cfg}, "state_dict": state}, path)
     return path
+
+
+def save_tiny_joint_tokenizer(path) -> dict[str, Any]:
+    """Write an untrained ``conf/model/tokenizer/tiny_joint.yaml`` tokenizer (drawn after ``torch.manual_seed(0)``,
+    its EMA equal to the weights) to ``path`` in the tokenizer training module's checkpoint layout; returns the
+    tokenizer config."""
+    from pathlib import Path
+
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from grn.entrypoints.common import CONF_DIR
+    from grn.models.ema import EMA
+
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / "tokenizer" / "tiny_joint.yaml"))
+    torch.manual_seed(0)
+    tok = instantiate(cfg)
+    state = {f"tokenizer.{k}": v for k, v in tok.state_dict().items()}
+    state.update({f"ema.{k}": v for k, v in EMA(tok, 0.0).state_dict().items()})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"hyper_parameters": {"tokenizer": cfg}, "state_dict": state}, path)
+    return cfg

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["draw_first_frame_condition", "mix_with_noise", "mix_with_noise_and_mask", "realised_keep_prob",
-           "sample_keep_prob", "sample_weights", "segment_mean", "shift_keep_prob", "text_sample_losses"]
+           "sample_keep_prob", "sample_weights", "segment_mean", "shift_keep_prob", "text_sample_losses",
+           "with_declared_first_frames"]
 
 
 def shift_keep_prob(keep_prob: torch.Tensor, shift: float) -> torch.Tensor:
@@ -101,6 +102,20 @@ def draw_first_frame_condition(labels: torch.Tensor, ratio: float,
     if ratio <= 0 or labels.dim() != 5 or labels.shape[2] < 2:
         return None
     return torch.rand(labels.shape[0], device=labels.device, generator=generator) < ratio
+
+
+def with_declared_first_frames(drawn: torch.Tensor | None, declared: torch.Tensor | None,
+                               labels: torch.Tensor) -> torch.Tensor | None:
+    """The clips trained with the first-frame condition: those :func:`draw_first_frame_condition` drew (bool
+    ``[B]`` or None) and those whose jsonl line says ``first_frame_condition: true`` (``declared``, bool ``[B]``
+    from the data, or None), as the official trainer conditions every clip its metadata marks (§B1). None where no
+    clip is conditioned; declared flags on images or one-frame clips are ignored (nothing to condition on)."""
+    if declared is None or labels.dim() != 5 or labels.shape[2] < 2:
+        return drawn
+    declared = torch.as_tensor(declared, dtype=torch.bool, device=labels.device)
+    if not bool(declared.any()):
+        return drawn
+    return declared if drawn is None else drawn | declared
 
 
 def text_sample_losses(net: Callable[..., torch.Tensor], labels: torch.Tensor, mixed: torch.Tensor,

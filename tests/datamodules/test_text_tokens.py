@@ -361,3 +361,30 @@ def test_t2i_training_from_text_shards_with_packing(compose_cfg, tmp_path, text_
     samples = [float(r.split(",")[i]) for i, r in _csv_column(tmp_path / "run", "train/samples")]
     losses = [float(r.split(",")[i]) for i, r in _csv_column(tmp_path / "run", "train/loss")]
     assert len(losses) == 3 and all(np.isfinite(losses)) and min(samples) > 4  # more than a batch_size each
+
+
+def test_video_cache_carries_each_lines_first_frame_condition(tmp_path):
+    """A video line with ``first_frame_condition: true`` (official §B1) reaches the trainer as the batch's
+    ``first_frame_condition`` flag, with its caption prefixed ``<I2V>`` (``<T2V>`` for the others), so the
+    training module conditions exactly those clips."""
+    out = tmp_path / "shards"
+    clips, labels, _, captions = moving_digits("train", frames=5, image_size=32, digit_size=16)
+    samples = []
+    for i in range(6):
+        frames = ((clips[i].permute(1, 2, 3, 0).numpy() + 1) * 127.5).astype(np.uint8)
+        meta = {"tarsier2_caption": captions[i], "fps": 8, "height": 32, "width": 32, "begin_frame_id": 0,
+                "end_frame_id": 5, **({"first_frame_condition": True} if i % 3 == 0 else {})}
+        samples.append({"__key__": f"v{i:03d}", "mp4": encode_mp4(frames, 8), "json": json.dumps(meta)})
+    write_shards(samples, out, max_count=3)
+    tok_ckpt = tiny_tokenizer_ckpt(tmp_path / "tok.ckpt", config="tiny_joint")
+    source = TextVideoDataModule(train_shards=str(out / "shard-{000000..000001}.tar"), num_frames=5, fps=8, pn=4,
+                                 stride=8, batch_size=3, resampled=False, shuffle_buffer=0, prompt_prefix=True)
+    cache = ensure_text_token_cache(source, tok_ckpt, TEXT, tmp_path / "cache")
+    dm = TextTokenShardDataModule(str(cache), batch_size=3, resampled=False, shuffle_buffer=0)
+    seen = {}
+    for b in dm.train_dataloader():
+        assert b["first_frame_condition"].dtype == torch.bool
+        for key, flag, caption in zip(b["key"], b["first_frame_condition"].tolist(), b["caption"]):
+            seen[key] = flag
+            assert caption.startswith("<I2V>" if flag else "<T2V>")
+    assert seen == {f"v{i:03d}": i % 3 == 0 for i in range(6)}

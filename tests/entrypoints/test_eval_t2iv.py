@@ -7,18 +7,14 @@ import sys
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from PIL import Image
 
-from grn.entrypoints.common import CONF_DIR
 from grn.entrypoints.errors import ConfigError
 from grn.entrypoints.eval import run
 from grn.lit_modules.t2iv import T2IVLitModule
-from grn.models.ema import EMA
 
 from script_loader import load_script
-from tiny_nets import tiny_t2iv_config, tiny_text_encoder_config
+from tiny_nets import save_tiny_joint_tokenizer, tiny_t2iv_config, tiny_text_encoder_config
 
 # the digits run's sampler (what scripts/t2iv_digits_eval.py uses; the task configs set the cosine schedule), 2 steps
 SAMPLER = ["sampler.num_steps=2", "sampler.cfg_scale=2.0", "sampler.temperature=1.0"]
@@ -29,14 +25,8 @@ def run_dir(tmp_path_factory, digits_classifier_file):
     """A run directory as train.py experiment=t2iv_digits leaves it (tiny untrained networks: the tests check the
     plumbing and the measurement, not what a model learned) and a digits classifier trained for one epoch."""
     root = tmp_path_factory.mktemp("t2iv_digits")
-    cfg = OmegaConf.to_container(OmegaConf.load(f"{CONF_DIR}/model/tokenizer/tiny_joint.yaml"))
-    torch.manual_seed(0)
-    tok = instantiate(cfg)
-    state = {f"tokenizer.{k}": v for k, v in tok.state_dict().items()}
-    state.update({f"ema.{k}": v for k, v in EMA(tok, 0.0).state_dict().items()})
     tok_path = root / "tokenizer" / "checkpoints" / "last.ckpt"
-    tok_path.parent.mkdir(parents=True)
-    torch.save({"hyper_parameters": {"tokenizer": cfg}, "state_dict": state}, tok_path)
+    cfg = save_tiny_joint_tokenizer(tok_path)
     module = T2IVLitModule(net=tiny_t2iv_config(cfg["latent_dim"], cfg["hbq_rounds"]),
                            text_encoder=tiny_text_encoder_config(), tokenizer_ckpt=str(tok_path),
                            ema_decays=[0.999])

@@ -218,3 +218,35 @@ def test_a_mixed_batch_runs_each_clip_in_its_own_form():
     assert draw_first_frame_condition(x, 0.0, gen) is None and torch.equal(gen.get_state(), state)  # no draw
     assert draw_first_frame_condition(x[:, :, :1], 1.0, gen) is None  # one latent frame: nothing to generate
     assert draw_first_frame_condition(x, 1.0, gen).all() and not draw_first_frame_condition(x, 1e-9, gen).any()
+
+
+def test_clips_the_data_marks_are_trained_with_the_first_frame_condition():
+    """A jsonl line with ``first_frame_condition: true`` (the batch's ``first_frame_condition`` flags) is trained in
+    the official first-frame form even at i2v_ratio 0, as the official trainer conditions every clip its metadata
+    marks (§B1): the marked rows' loss is the conditioned loss of the same draws, the others the plain one. Flags on
+    images are ignored; packed batches refuse them with a clear error."""
+    from grn.objective import mix_with_noise_and_mask, text_sample_losses
+
+    b = batch(3, frames=3, seed=4)
+    b["caption"] = ["<I2V>a handwritten zero", "<T2V>a handwritten one", "<I2V>a handwritten zero"]
+    flags = torch.tensor([True, False, True])
+    g = lambda: torch.Generator().manual_seed(9)  # noqa: E731
+    m = module(caption_drop_prob=0.0, pt_value="realised")
+    _, marked, _ = m.objective({**b, "first_frame_condition": flags}, generator=g())
+    _, plain, _ = m.objective(b, generator=g())
+    x = T2IVLitModule.target_labels(m, b["tokens"])
+    gen = g()
+    t = m.sample_keep_prob(3, gen)
+    z, keep = mix_with_noise_and_mask(x, t, 2, gen)  # no draw for the flags: the same draws as a plain run
+    with torch.no_grad():
+        want = text_sample_losses(m.net, x, z, keep.flatten(1).float().mean(1), *m._text(b, None), flags)
+    torch.testing.assert_close(marked["video"], want)
+    torch.testing.assert_close(marked["video"][1], plain["video"][1])
+    assert not torch.allclose(marked["video"][[0, 2]], plain["video"][[0, 2]])
+    images = batch(2)
+    torch.testing.assert_close(m.objective({**images, "first_frame_condition": torch.ones(2, dtype=torch.bool)},
+                                           generator=g())[0], m.objective(images, generator=g())[0])
+    packed = {"tokens": list(b["tokens"]), "rows": [[0, 1, 2]], "caption": b["caption"],
+              "first_frame_condition": flags}
+    with pytest.raises(ValueError, match="first_frame_condition"):
+        m.objective(packed, generator=g())

@@ -28,16 +28,8 @@ from grn.models.tokenizer import (
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model" / "tokenizer"
 # The official layout at tiny widths: patch 2, four stages, temporal flags [0, 1, 1] (strides 16 and 4).
-TINY_OFFICIAL = dict(
-    latent_dim=4,
-    hbq_rounds=4,
-    patch_size=2,
-    enc_channels=8,
-    dec_channels=8,
-    channel_mult=(1, 2, 4, 4),
-    num_res_blocks=1,
-    temporal_downsample=(0, 1, 1),
-)
+TINY_OFFICIAL = dict(latent_dim=4, hbq_rounds=4, patch_size=2, enc_channels=8, dec_channels=8, channel_mult=(1, 2, 4, 4),
+                     num_res_blocks=1, temporal_downsample=(0, 1, 1))
 
 
 def tiny_official(seed: int = 0, **overrides) -> HBQTokenizer:
@@ -261,9 +253,7 @@ class OfficialChunked:
             x = x + self.avg_down(x_copy, s.out_channels, s.factor_t, s.factor_s)
         for m in enc.middle:
             x = self.block(m, x)
-        for m in enc.head:
-            x = self.cached_conv(m, x) if isinstance(m, CausalConv3d) else m(x)
-        return x
+        return self.head(enc.head, x)
 
     def decoder(self, x, first_chunk):
         dec = self.tok.decoder
@@ -281,7 +271,10 @@ class OfficialChunked:
                 if s is None
                 else main + self.dup_up(x, s.out_channels, s.factor_t, s.factor_s, first_chunk)
             )
-        for m in dec.head:
+        return self.head(dec.head, x)
+
+    def head(self, layers, x):
+        for m in layers:
             x = self.cached_conv(m, x) if isinstance(m, CausalConv3d) else m(x)
         return x
 

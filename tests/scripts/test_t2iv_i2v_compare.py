@@ -5,27 +5,18 @@ import json
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from grn.entrypoints.common import CONF_DIR
 from grn.lit_modules.t2iv import T2IVLitModule
-from grn.models.ema import EMA
 
 from script_loader import load_script
-from tiny_nets import tiny_t2iv_config, tiny_text_encoder_config
+from tiny_nets import save_tiny_joint_tokenizer, tiny_t2iv_config, tiny_text_encoder_config
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("i2v_compare")
-    cfg = OmegaConf.to_container(OmegaConf.load(f"{CONF_DIR}/model/tokenizer/tiny_joint.yaml"))
-    torch.manual_seed(0)
-    tok = instantiate(cfg)
-    state = {f"tokenizer.{k}": v for k, v in tok.state_dict().items()}
-    state.update({f"ema.{k}": v for k, v in EMA(tok, 0.0).state_dict().items()})
     tok_path = root / "tok.ckpt"
-    torch.save({"hyper_parameters": {"tokenizer": cfg}, "state_dict": state}, tok_path)
+    cfg = save_tiny_joint_tokenizer(tok_path)
     paths = {}
     for name, mode, ratio in (("plain", "region", 0.0), ("official", "first_frame", 0.5)):
         module = T2IVLitModule(net=tiny_t2iv_config(cfg["latent_dim"], cfg["hbq_rounds"], i2v_mode=mode),

@@ -12,29 +12,16 @@ from PIL import Image
 
 from grn.studio import images as im
 from grn.studio.app import build
-from grn.studio.page import Page, page_errors, same_picture
+from grn.studio.page import SETTING_NAMES, Page, page_errors, same_picture
 from grn.studio.engine import Studio
 
-SETTINGS = dict(
-    steps=3,
-    schedule="linear",
-    temperature=1.0,
-    cfg_scale=1.0,
-    cfg_lo=0.0,
-    cfg_hi=1.0,
-    selection="random",
-    revise=True,
-    warmup=5,
-    alpha=50,
-    k=0,
-    b=50,
-    tmin=10,
-    tmax=50,
-)
+SETTINGS = {"steps": 3, "schedule": "linear", "temperature": 1.0, "cfg_scale": 1.0, "cfg_lo": 0.0, "cfg_hi": 1.0,
+            "selection": "random", "revise": True, "warmup": 5, "alpha": 50, "k": 0, "b": 50, "tmin": 10, "tmax": 50}
 
 
 def settings(**kw):
-    return list({**SETTINGS, **kw}.values())
+    values = {**SETTINGS, **kw}
+    return [values[name] for name in SETTING_NAMES]
 
 
 class NoProgress:

@@ -182,7 +182,8 @@ def ensure_text_token_cache(
 
 
 class TextTokenDecoder:
-    """``tok`` + ``json`` + ``text.npy`` → ``{"tokens", "text" [L, D], "caption", "key", "bucket"}``; the caption
+    """``tok`` + ``json`` + ``text.npy`` → ``{"tokens", "text" [L, D], "caption", "key", "bucket"}`` (video: and
+    ``first_frame_condition``, the line's flag, a bool); the caption
     is drawn with the official rules from the cached candidates; the bucket is the token shape. The rules are those
     the cache was written with (``meta["caption_rules"]``), except that images take ``short_caption_prob``."""
 
@@ -215,8 +216,11 @@ class TextTokenDecoder:
         i = captions.index(caption)
         start = sum(lens[:i])
         text = torch.from_numpy(np.array(feats[start : start + lens[i]]))  # a copy: the bytes buffer is read-only
-        return {"tokens": tokens, "text": text, "caption": caption, "key": sample["__key__"],
-                "bucket": tuple(tokens.shape)}
+        out = {"tokens": tokens, "text": text, "caption": caption, "key": sample["__key__"],
+               "bucket": tuple(tokens.shape)}
+        if self.kind == "video":  # the line asks for the official first-frame condition (§B1): the trainer obeys
+            out["first_frame_condition"] = fields.get("first_frame_condition") is True
+        return out
 
 
 def _cached_captions(data: Any) -> tuple[dict[str, Any], list[str], list[int]]:

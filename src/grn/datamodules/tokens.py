@@ -149,12 +149,8 @@ class EncodedDataModule(CacheReaderMixin, InMemoryLoaders):
         device: str = "cpu",
     ):
         super().__init__()
-        self.source = source
-        self.tokenizer_ckpt = tokenizer_ckpt
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.drop_last = drop_last
+        self.source, self.tokenizer_ckpt = source, tokenizer_ckpt
+        self.batch_size, self.num_workers, self.seed, self.drop_last = batch_size, num_workers, seed, drop_last
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.cache_dir = cache_dir or os.environ.get("GRN_CACHE_DIR", ".cache/grn")

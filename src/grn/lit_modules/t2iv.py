@@ -44,6 +44,7 @@ from grn.objective import (
     sample_weights,
     segment_mean,
     text_sample_losses,
+    with_declared_first_frames,
 )
 from grn.prompts import PREFIXES, as_first_frame_caption, ensure_prefix, sample_task
 from grn.sampling.config import SamplerConfig
@@ -80,7 +81,9 @@ class T2IVLitModule(RefinementLitModule):
         i2v_ratio: share of video clips trained with the official first-frame condition (official update §B1,
             §B10; :func:`grn.objective.text_sample_losses`): latent frame 0's clean tokens are the condition, the
             loss is over frames 1…T-1 only, and a ``"<T2V>"`` caption becomes ``"<I2V>"``. 0 (default, the
-            released script): none. Not with packed batches (``rows``) yet. Sample such a model with ``i2v_mode=first_frame`` (the network's setting).
+            released script): none. Clips whose jsonl line says ``first_frame_condition: true`` (the batch's
+            ``first_frame_condition`` flags) are always trained so. Not with packed batches (``rows``) yet.
+            Sample such a model with ``i2v_mode=first_frame`` (the network's setting).
     """
 
     def __init__(
@@ -219,6 +222,7 @@ class T2IVLitModule(RefinementLitModule):
         t = self.sample_keep_prob(b, generator)
         dropped = self._drop_mask(b, x.device, generator, drop)
         first = draw_first_frame_condition(x, self.hparams.get("i2v_ratio", 0.0), generator)  # official I2V
+        first = with_declared_first_frames(first, part.get("first_frame_condition"), x)  # and the data's flags
         text, lens = self._text(part, dropped, first)
         z, keep = mix_with_noise_and_mask(x, t, self.num_levels, generator)
         pt = realised_keep_prob(keep) if self.hparams.pt_value == "realised" else t
@@ -229,8 +233,10 @@ class T2IVLitModule(RefinementLitModule):
     def _packed_part(self, kind: str, part: Mapping[str, Any], generator, drop: bool):
         """Samples of any shapes packed into rows (``rows``): ``{"image"/"video": (ce, accuracy, tokens)}`` by
         sample shape (one latent frame: image). The loops run over samples, never over tokens."""
-        if self.hparams.get("i2v_ratio", 0.0) > 0:
-            raise ValueError("i2v_ratio > 0 is not supported with packed batches yet: set the data's packing off")
+        declared = part.get("first_frame_condition")
+        if self.hparams.get("i2v_ratio", 0.0) > 0 or (declared is not None and bool(torch.as_tensor(declared).any())):
+            raise ValueError("first-frame (I2V) training (i2v_ratio > 0, or jsonl lines with first_frame_condition: "
+                             "true) is not supported with packed batches yet: set the data's packing off")
         tokens = list(part["tokens"])
         s = len(tokens)
         device = tokens[0].device

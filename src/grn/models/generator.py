@@ -157,12 +157,8 @@ class GRN(nn.Module):
             raise ValueError("bit_target='relative' needs target='bits' (GRN_bit); index labels have no bits to flip")
         if not 0 <= in_context_start < depth:
             raise ValueError(f"in_context_start={in_context_start} must be in [0, depth={depth})")
-        self.latent_dim = latent_dim
-        self.hbq_rounds = hbq_rounds
-        self.target = target
-        self.bit_target = bit_target
-        self.num_classes = num_classes
-        self.input_size = input_size
+        self.latent_dim, self.hbq_rounds, self.target, self.bit_target = latent_dim, hbq_rounds, target, bit_target
+        self.num_classes, self.input_size = num_classes, input_size
         self.label_channels = hbq.label_channels(latent_dim, hbq_rounds, target)
         self.num_levels = hbq.num_levels(hbq_rounds, target)
         self.in_context_start = in_context_start

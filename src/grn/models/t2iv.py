@@ -173,18 +173,13 @@ class T2IVNet(nn.Module):
         super().__init__()
         if depth % block_chunks:
             raise ValueError(f"depth {depth} is not divisible by block_chunks {block_chunks}")
-        if attention not in ATTENTION_PATTERNS:
-            raise ValueError(f"unknown attention pattern {attention!r}; choose one of {ATTENTION_PATTERNS}")
-        if i2v_mode not in I2V_MODES:
-            raise ValueError(f"unknown i2v_mode {i2v_mode!r}; choose one of {I2V_MODES}")
-        self.i2v_mode = i2v_mode
-        self.latent_dim = latent_dim
-        self.hbq_rounds = hbq_rounds
-        self.target = target
-        self.text_dim = text_dim
-        self.block_chunks = block_chunks
-        self.attn_backend = attn_backend
-        self.attention = attention
+        for what, value, options in (("attention pattern", attention, ATTENTION_PATTERNS),
+                                     ("i2v_mode", i2v_mode, I2V_MODES)):
+            if value not in options:
+                raise ValueError(f"unknown {what} {value!r}; choose one of {options}")
+        self.latent_dim, self.hbq_rounds, self.target, self.text_dim = latent_dim, hbq_rounds, target, text_dim
+        self.block_chunks, self.attn_backend, self.attention, self.i2v_mode = (
+            block_chunks, attn_backend, attention, i2v_mode)
         self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         self.label_channels = hbq.label_channels(latent_dim, hbq_rounds, target)
         self.num_levels = hbq.num_levels(hbq_rounds, target)

@@ -171,14 +171,12 @@ def _flags(flags: Sequence[bool | int] | None, n: int, what: str) -> list[bool]:
     return flags + [False] * (n - len(flags))
 
 
-class Encoder3d(nn.Module):
-    """``[B, C_in, T, H, W]`` → ``[B, C_out, 1 + (T-1)/s_t, H/2^(S-1), W/2^(S-1)]`` (S stages).
+class _CausalStack(nn.Module):
+    """The arguments :class:`Encoder3d` and :class:`Decoder3d` share: ``temporal`` holds one resampling flag per
+    stage but the last (the encoder's ``temporal_downsample``; the decoder's ``temporal_upsample``, the
+    reversed encoder flags); subclasses build their layers in :meth:`build` from the checked flags."""
 
-    S = ``len(channel_mult)``.
-
-    ``dims = [ch] + [ch·m for m in channel_mult]``; stage i maps ``dims[i] → dims[i+1]`` (see
-    :class:`DownStage`); ``temporal_downsample[i]`` halves time in stage i (stages 0..S-2 only).
-    """
+    temporal_name = "temporal"
 
     def __init__(
         self,
@@ -189,11 +187,32 @@ class Encoder3d(nn.Module):
         num_res_blocks: int,
         attention: bool,
         dropout: float,
-        temporal_downsample: Sequence[bool | int] | None = None,
+        temporal: Sequence[bool | int] | None = None,
     ):
         super().__init__()
+        flags = _flags(temporal, len(channel_mult) - 1, self.temporal_name) + [False]
+        self.build(in_channels, out_channels, channels, list(channel_mult), num_res_blocks, attention, dropout,
+                   flags)
+
+    def build(self, in_channels: int, out_channels: int, channels: int, channel_mult: list[int],
+              num_res_blocks: int, attention: bool, dropout: float, temporal: list[bool]) -> None:
+        raise NotImplementedError
+
+
+class Encoder3d(_CausalStack):
+    """``[B, C_in, T, H, W]`` → ``[B, C_out, 1 + (T-1)/s_t, H/2^(S-1), W/2^(S-1)]`` (S stages).
+
+    S = ``len(channel_mult)``.
+
+    ``dims = [ch] + [ch·m for m in channel_mult]``; stage i maps ``dims[i] → dims[i+1]`` (see
+    :class:`DownStage`); ``temporal_downsample[i]`` (the ``temporal`` argument) halves time in stage i
+    (stages 0..S-2 only).
+    """
+
+    temporal_name = "temporal_downsample"
+
+    def build(self, in_channels, out_channels, channels, channel_mult, num_res_blocks, attention, dropout, temporal):
         n = len(channel_mult)
-        temporal = _flags(temporal_downsample, n - 1, "temporal_downsample") + [False]
         dims = [channels] + [channels * m for m in channel_mult]
         self.conv1 = CausalConv3d(in_channels, dims[0], 3, padding=1)
         self.downsamples = nn.ModuleList(
@@ -209,29 +228,19 @@ class Encoder3d(nn.Module):
         return _run_head(self.head, _run_middle(self.middle, x, cache), cache)
 
 
-class Decoder3d(nn.Module):
+class Decoder3d(_CausalStack):
     """``[B, C_in, T, h, w]`` → ``[B, C_out, 1 + (T-1)·s_t, h·2^(S-1), w·2^(S-1)]``; mirrors the encoder.
 
     Widths ``dims = [ch·m_last] + [ch·m for m in reversed(channel_mult)]``; stage i has ``num_res_blocks + 1``
-    residual blocks, then (all but the last) up-samples (see :class:`UpStage`); ``temporal_upsample[i]``
-    doubles time in stage i (the reversed encoder flags).
+    residual blocks, then (all but the last) up-samples (see :class:`UpStage`); ``temporal_upsample[i]`` (the
+    ``temporal`` argument) doubles time in stage i (the reversed encoder flags).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        channels: int,
-        channel_mult: Sequence[int],
-        num_res_blocks: int,
-        attention: bool,
-        dropout: float,
-        temporal_upsample: Sequence[bool | int] | None = None,
-    ):
-        super().__init__()
+    temporal_name = "temporal_upsample"
+
+    def build(self, in_channels, out_channels, channels, channel_mult, num_res_blocks, attention, dropout, temporal):
         n = len(channel_mult)
-        temporal = _flags(temporal_upsample, n - 1, "temporal_upsample") + [False]
-        mult = list(channel_mult)[::-1]
+        mult = channel_mult[::-1]
         dims = [channels * mult[0]] + [channels * m for m in mult]
         self.conv1 = CausalConv3d(in_channels, dims[0], 3, padding=1)
         self.middle = _middle(dims[0], attention, dropout)

@@ -17,7 +17,7 @@ import gradio as gr  # noqa: E402
 from grn.sampling.schedules import SCHEDULES  # noqa: E402
 from grn.sampling.selection import SELECTIONS  # noqa: E402
 from grn.studio.engine import Studio  # noqa: E402
-from grn.studio.page import Page, page_errors  # noqa: E402
+from grn.studio.page import SETTING_NAMES, Page, page_errors  # noqa: E402
 from grn.studio.steps import legend_html  # noqa: E402
 
 
@@ -30,20 +30,22 @@ C2I_SCHEDULES = tuple(s for s in SCHEDULES if s != "official_t2iv")
 
 
 def settings_panel(studio: Studio) -> list[gr.components.Component]:
-    """The decoding settings (shared by every tab), initialised from the checkpoint's stored sampler."""
+    """The decoding settings (shared by every tab), initialised from the checkpoint's stored sampler: the seed,
+    then the controls named by :data:`~grn.studio.page.SETTING_NAMES`, in that order."""
     d = studio.defaults
+    c: dict[str, gr.components.Component] = {}
     schedules = C2I_SCHEDULES if studio.kind == "c2i" else SCHEDULES
     with gr.Accordion("Decoding settings (shared by every tab)", open=True):
         with gr.Row():
-            seed = gr.Number(value=d.seed, precision=0, label="seed", elem_id="seed", minimum=0)
-            steps = gr.Slider(1, 100, value=d.num_steps, step=1, label="steps T", elem_id="steps")
-            schedule = gr.Dropdown(
+            c["seed"] = gr.Number(value=d.seed, precision=0, label="seed", elem_id="seed", minimum=0)
+            c["steps"] = gr.Slider(1, 100, value=d.num_steps, step=1, label="steps T", elem_id="steps")
+            c["schedule"] = gr.Dropdown(
                 list(schedules),
                 value=d.schedule if d.schedule in schedules else "linear",
                 label="schedule",
                 elem_id="schedule",
             )
-            temperature = gr.Slider(
+            c["temperature"] = gr.Slider(
                 0.0,
                 2.0,
                 value=d.temperature,
@@ -52,48 +54,41 @@ def settings_panel(studio: Studio) -> list[gr.components.Component]:
                 elem_id="temperature",
             )
         with gr.Row():
-            cfg_scale = gr.Slider(
+            c["cfg_scale"] = gr.Slider(
                 1.0, 10.0, value=d.cfg_scale, step=0.05, label="guidance (cfg) scale", elem_id="cfg_scale"
             )
-            cfg_lo = gr.Slider(
+            c["cfg_lo"] = gr.Slider(
                 0.0, 1.0, value=d.cfg_interval[0], step=0.05, label="guidance from t >", elem_id="cfg_lo"
             )
-            cfg_hi = gr.Slider(
+            c["cfg_hi"] = gr.Slider(
                 0.0, 1.0, value=d.cfg_interval[1], step=0.05, label="guidance to t <", elem_id="cfg_hi"
             )
-            selection = gr.Dropdown(
+            c["selection"] = gr.Dropdown(
                 list(SELECTIONS), value=d.selection, label="kept predictions", elem_id="selection"
             )
-            revise = gr.Checkbox(
+            c["revise"] = gr.Checkbox(
                 value=d.revise, label="revise kept tokens (off: mask-based baseline)", elem_id="revise"
             )
         with gr.Accordion(
             "Complexity-aware schedule (paper Eq. 8-9): steps per sample from the entropy", open=False
         ):
             with gr.Row():
-                warmup = gr.Number(value=d.complexity_warmup_steps, precision=0, label="warm-up steps")
-                alpha = gr.Number(value=d.alpha, label="alpha (warm-up schedule length)")
-                k = gr.Number(value=d.k, label="k (steps per unit entropy)")
-                b = gr.Number(value=d.b, label="b (steps at zero entropy)")
-                tmin = gr.Number(value=d.complexity_min_steps, precision=0, label="min steps")
-                tmax = gr.Number(value=d.complexity_max_steps, precision=0, label="max steps")
-    return [
-        seed,
-        steps,
-        schedule,
-        temperature,
-        cfg_scale,
-        cfg_lo,
-        cfg_hi,
-        selection,
-        revise,
-        warmup,
-        alpha,
-        k,
-        b,
-        tmin,
-        tmax,
-    ]
+                c["warmup"] = gr.Number(value=d.complexity_warmup_steps, precision=0, label="warm-up steps")
+                c["alpha"] = gr.Number(value=d.alpha, label="alpha (warm-up schedule length)")
+                c["k"] = gr.Number(value=d.k, label="k (steps per unit entropy)")
+                c["b"] = gr.Number(value=d.b, label="b (steps at zero entropy)")
+                c["tmin"] = gr.Number(value=d.complexity_min_steps, precision=0, label="min steps")
+                c["tmax"] = gr.Number(value=d.complexity_max_steps, precision=0, label="max steps")
+    return [c["seed"], *(c[name] for name in SETTING_NAMES)]
+
+
+def class_or_prompt(c2i: bool, class_choices: list[str], class_label: str, prompt_label: str, elem: str):
+    """``(class, prompt)`` inputs of a tab: a class dropdown and an empty prompt for a class model, no class and a
+    prompt box for a text model (elem ids ``<elem>-class`` / ``<elem>-prompt``)."""
+    if c2i:
+        first = class_choices[0] if class_choices else None
+        return gr.Dropdown(class_choices, value=first, label=class_label, elem_id=f"{elem}-class"), gr.State("")
+    return gr.State(None), gr.Textbox("a handwritten seven", label=prompt_label, elem_id=f"{elem}-prompt")
 
 
 def header(studio: Studio) -> str:
@@ -305,21 +300,10 @@ def build(studio: Studio, workdir: str | Path | None = None) -> gr.Blocks:
                             height=side + 48,
                         )
                 with gr.Row():
-                    if c2i:
-                        r_class = gr.Dropdown(
-                            class_choices,
-                            value=class_choices[0] if class_choices else None,
-                            label="regenerate the region as class",
-                            elem_id="r-class",
-                        )
-                        r_prompt = gr.State("")
-                    else:
-                        r_class = gr.State(None)
-                        r_prompt = gr.Textbox(
-                            "a handwritten seven",
-                            label="regenerate the region with the prompt",
-                            elem_id="r-prompt",
-                        )
+                    r_class, r_prompt = class_or_prompt(
+                        c2i, class_choices, "regenerate the region as class",
+                        "regenerate the region with the prompt", "r",
+                    )
                     r_go = gr.Button("Regenerate the painted region", variant="primary", elem_id="regenerate")
                     r_again = gr.Button("Continue from the result", elem_id="continue")
                 r_text = gr.Markdown(elem_id="revise-summary")
@@ -361,17 +345,7 @@ def build(studio: Studio, workdir: str | Path | None = None) -> gr.Blocks:
                 )
                 gr.HTML(legend_html())
                 with gr.Row():
-                    if c2i:
-                        l_class = gr.Dropdown(
-                            class_choices,
-                            value=class_choices[0] if class_choices else None,
-                            label="class",
-                            elem_id="l-class",
-                        )
-                        l_prompt = gr.State("")
-                    else:
-                        l_class = gr.State(None)
-                        l_prompt = gr.Textbox("a handwritten seven", label="prompt", elem_id="l-prompt")
+                    l_class, l_prompt = class_or_prompt(c2i, class_choices, "class", "prompt", "l")
                     l_go = gr.Button("Refine and watch", variant="primary", elem_id="l-go")
                 with gr.Row():
                     l_map = gr.Image(

@@ -224,21 +224,8 @@ class Studio:
         progress: Progress | None = None,
     ) -> Grid:
         prompts = self.check_prompts(prompts)
-        h, w = self.check_size(height or self.height, width or self.width)
-        cfg = cfg or self.defaults
-        t0 = time.perf_counter()
-        out = self._run(
-            self._text("t2i"),
-            cfg,
-            progress,
-            prompts=prompts,
-            seed=int(seed),
-            height=h,
-            width=w,
-            frames=1,
-            negative_prompt=negative_prompt or "",
-        )
-        seconds = time.perf_counter() - t0
+        size = self.check_size(height or self.height, width or self.width)
+        out, seconds = self._run_text("t2i", prompts, seed, size, 1, negative_prompt, cfg, progress)
         pictures = self._pictures(out, prompts, prompts)
         return Grid(pictures, seconds, [p.steps for p in pictures])
 
@@ -262,21 +249,18 @@ class Studio:
         image = None
         if first_frame is not None:
             image = im.from_uint8(im.fit_frame(first_frame, h, w, "the first frame"))
-        cfg = cfg or self.defaults
+        task = "i2v" if image is not None else "t2v"
+        out, seconds = self._run_text(task, prompts, seed, (h, w), f, negative_prompt, cfg, progress, image)
+        return im.to_uint8(out.images), seconds, out.steps.tolist()
+
+    def _run_text(self, task: str, prompts: list[str], seed: int, size: tuple[int, int], frames: int,
+                  negative_prompt: str, cfg: SamplerConfig | None, progress: Progress | None, image=None):
+        """One text-pipeline call of ``task`` at ``size`` (H, W) -> (its output, seconds)."""
         t0 = time.perf_counter()
-        out = self._run(
-            self._text("i2v" if image is not None else "t2v"),
-            cfg,
-            progress,
-            prompts=prompts,
-            seed=int(seed),
-            height=h,
-            width=w,
-            frames=f,
-            negative_prompt=negative_prompt or "",
-            image=image,
-        )
-        return im.to_uint8(out.images), time.perf_counter() - t0, out.steps.tolist()
+        out = self._run(self._text(task), cfg or self.defaults, progress, prompts=prompts, seed=int(seed),
+                        height=size[0], width=size[1], frames=frames, negative_prompt=negative_prompt or "",
+                        image=image)
+        return out, time.perf_counter() - t0
 
     def _text(self, task: str):
         pipe = self.pipe

@@ -24,6 +24,10 @@ from grn.studio.steps import refinement_plot, state_map  # noqa: E402
 
 log = logging.getLogger("grn.studio")
 
+# the shared decoding controls after the seed, in the order the page passes their values to every callback
+SETTING_NAMES = ("steps", "schedule", "temperature", "cfg_scale", "cfg_lo", "cfg_hi", "selection", "revise",
+                 "warmup", "alpha", "k", "b", "tmin", "tmax")
+
 
 def page_errors(fn):
     """A callback whose user errors (:class:`StudioInputError`, ``ValueError``) become ``gr.Error`` messages
@@ -100,42 +104,28 @@ class Page:
         folder.mkdir(parents=True, exist_ok=True)
         return folder / name
 
-    def cfg(
-        self,
-        steps,
-        schedule,
-        temperature,
-        cfg_scale,
-        cfg_lo,
-        cfg_hi,
-        selection,
-        revise,
-        warmup,
-        alpha,
-        k,
-        b,
-        tmin,
-        tmax,
-    ):
-        lo, hi = float(cfg_lo), float(cfg_hi)
+    def cfg(self, *values):
+        """The sampler config from the settings controls' values, in :data:`SETTING_NAMES` order."""
+        v = dict(zip(SETTING_NAMES, values, strict=True))
+        lo, hi = float(v["cfg_lo"]), float(v["cfg_hi"])
         if lo > hi:
             raise im.StudioInputError(
                 f"the guidance interval is empty: from {lo} to {hi}; make 'from' <= 'to'"
             )
         return self.studio.sampler(
-            num_steps=int(steps),
-            schedule=schedule,
-            temperature=float(temperature),
-            cfg_scale=float(cfg_scale),
+            num_steps=int(v["steps"]),
+            schedule=v["schedule"],
+            temperature=float(v["temperature"]),
+            cfg_scale=float(v["cfg_scale"]),
             cfg_interval=(lo, hi),
-            selection=selection,
-            revise=bool(revise),
-            complexity_warmup_steps=int(warmup),
-            alpha=float(alpha),
-            k=float(k),
-            b=float(b),
-            complexity_min_steps=int(tmin),
-            complexity_max_steps=int(tmax),
+            selection=v["selection"],
+            revise=bool(v["revise"]),
+            complexity_warmup_steps=int(v["warmup"]),
+            alpha=float(v["alpha"]),
+            k=float(v["k"]),
+            b=float(v["b"]),
+            complexity_min_steps=int(v["tmin"]),
+            complexity_max_steps=int(v["tmax"]),
         )
 
     def source_from_editor(self, value: dict | None, source: Picture | None) -> tuple[Picture, np.ndarray]:
