@@ -88,6 +88,15 @@ class DupUp3D(nn.Module):
         return x[:, :, ft - 1 :] if first_chunk and ft > 1 else x
 
 
+def _stage_blocks(in_dim: int, out_dim: int, num_blocks: int, dropout: float, resample: str | None,
+                  temporal: bool) -> nn.ModuleList:
+    """``num_blocks`` residual blocks ``in → out``, then a :class:`Resample` (``"down"`` / ``"up"``; None: none)."""
+    blocks: list[nn.Module] = [ResidualBlock(in_dim if j == 0 else out_dim, out_dim, dropout) for j in range(num_blocks)]
+    if resample is not None:
+        blocks.append(Resample(out_dim, resample, temporal))
+    return nn.ModuleList(blocks)
+
+
 class DownStage(nn.Module):
     """One encoder stage (official ``Down_ResidualBlock``): ``num_blocks`` residual blocks ``in → out``,
     then (``spatial``) a :class:`Resample` down, temporal too when ``temporal``; plus an :class:`AvgDown3D`
@@ -97,12 +106,7 @@ class DownStage(nn.Module):
         self, in_dim: int, out_dim: int, num_blocks: int, dropout: float, spatial: bool, temporal: bool
     ):
         super().__init__()
-        blocks: list[nn.Module] = [
-            ResidualBlock(in_dim if j == 0 else out_dim, out_dim, dropout) for j in range(num_blocks)
-        ]
-        if spatial:
-            blocks.append(Resample(out_dim, "down", temporal))
-        self.downsamples = nn.ModuleList(blocks)
+        self.downsamples = _stage_blocks(in_dim, out_dim, num_blocks, dropout, "down" if spatial else None, temporal)
         self.avg_shortcut = AvgDown3D(in_dim, out_dim, 2 if temporal else 1, 2 if spatial else 1)
 
     def forward(self, x: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:
@@ -121,12 +125,7 @@ class UpStage(nn.Module):
         self, in_dim: int, out_dim: int, num_blocks: int, dropout: float, spatial: bool, temporal: bool
     ):
         super().__init__()
-        blocks: list[nn.Module] = [
-            ResidualBlock(in_dim if j == 0 else out_dim, out_dim, dropout) for j in range(num_blocks)
-        ]
-        if spatial:
-            blocks.append(Resample(out_dim, "up", temporal))
-        self.upsamples = nn.ModuleList(blocks)
+        self.upsamples = _stage_blocks(in_dim, out_dim, num_blocks, dropout, "up" if spatial else None, temporal)
         self.avg_shortcut = DupUp3D(in_dim, out_dim, 2 if temporal else 1, 2) if spatial else None
 
     def forward(self, x: torch.Tensor, cache: TemporalCache | None = None) -> torch.Tensor:

@@ -91,6 +91,12 @@ def class_or_prompt(c2i: bool, class_choices: list[str], class_label: str, promp
     return gr.State(None), gr.Textbox("a handwritten seven", label=prompt_label, elem_id=f"{elem}-prompt")
 
 
+def grid_gallery(columns: int) -> gr.Gallery:
+    """The generated grid (a click selects a sample to revise)."""
+    return gr.Gallery(label="samples (click one to revise it)", columns=columns, format="png", elem_id="grid",
+                      height="auto", allow_preview=True)
+
+
 def header(studio: Studio) -> str:
     h, w = studio.image_size
     net = studio.net
@@ -144,14 +150,7 @@ def build(studio: Studio, workdir: str | Path | None = None) -> gr.Blocks:
                             scale=1,
                         )
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
-                    gallery = gr.Gallery(
-                        label="samples (click one to revise it)",
-                        columns=5,
-                        format="png",
-                        elem_id="grid",
-                        height="auto",
-                        allow_preview=True,
-                    )
+                    gallery = grid_gallery(5)
                     grid_text = gr.Markdown(elem_id="grid-summary")
                     send = gr.Button("Sketch and revise the selected sample", elem_id="send")
                     go.click(
@@ -162,25 +161,14 @@ def build(studio: Studio, workdir: str | Path | None = None) -> gr.Blocks:
                     )
             else:
                 with gr.Tab("Text to image", id="t2i", elem_id="tab-t2i"):
-                    prompts = gr.Textbox(
-                        "a handwritten seven\na handwritten two",
-                        lines=3,
-                        label="prompts (one sample per line)",
-                        elem_id="prompts",
-                    )
+                    prompts = gr.Textbox("a handwritten seven\na handwritten two", lines=3,
+                                         label="prompts (one sample per line)", elem_id="prompts")
                     with gr.Row():
                         negative = gr.Textbox("", label="negative prompt", elem_id="negative")
                         height = gr.Number(studio.height, precision=0, label="height", elem_id="height")
                         width = gr.Number(studio.width, precision=0, label="width", elem_id="width")
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
-                    gallery = gr.Gallery(
-                        label="samples (click one to revise it)",
-                        columns=8,
-                        format="png",
-                        elem_id="grid",
-                        height="auto",
-                        allow_preview=True,
-                    )
+                    gallery = grid_gallery(8)
                     grid_text = gr.Markdown(elem_id="grid-summary")
                     with gr.Row():
                         send = gr.Button("Sketch and revise the selected sample", elem_id="send")
@@ -194,12 +182,8 @@ def build(studio: Studio, workdir: str | Path | None = None) -> gr.Blocks:
                         concurrency_limit=1,
                     )
                 with gr.Tab("Text to video", id="t2v", elem_id="tab-t2v"):
-                    v_prompts = gr.Textbox(
-                        "a handwritten seven moving left",
-                        lines=2,
-                        label="prompts (one clip per line)",
-                        elem_id="v-prompts",
-                    )
+                    v_prompts = gr.Textbox("a handwritten seven moving left", lines=2,
+                                           label="prompts (one clip per line)", elem_id="v-prompts")
                     with gr.Row():
                         v_frames = gr.Number(
                             studio.frames, precision=0, label="frames (1 + 4k)", elem_id="v-frames"
@@ -231,12 +215,8 @@ def build(studio: Studio, workdir: str | Path | None = None) -> gr.Blocks:
                             image_mode="RGB",
                         )
                         with gr.Column():
-                            i_prompts = gr.Textbox(
-                                "a handwritten seven moving left",
-                                lines=2,
-                                label="prompt",
-                                elem_id="i-prompts",
-                            )
+                            i_prompts = gr.Textbox("a handwritten seven moving left", lines=2, label="prompt",
+                                                   elem_id="i-prompts")
                             i_frames = gr.Number(
                                 studio.frames, precision=0, label="frames (1 + 4k)", elem_id="i-frames"
                             )
@@ -285,20 +265,10 @@ def build(studio: Studio, workdir: str | Path | None = None) -> gr.Blocks:
                             elem_id="source-text",
                         )
                     with gr.Column():
-                        overlay = gr.Image(
-                            label="token grid of the mask (magenta: regenerated)",
-                            format="png",
-                            interactive=False,
-                            elem_id="overlay",
-                            height=side + 48,
-                        )
-                        revised = gr.Image(
-                            label="revised",
-                            format="png",
-                            interactive=False,
-                            elem_id="revised",
-                            height=side + 48,
-                        )
+                        overlay = gr.Image(label="token grid of the mask (magenta: regenerated)", format="png", interactive=False,
+                                         elem_id="overlay", height=side + 48)
+                        revised = gr.Image(label="revised", format="png", interactive=False,
+                                         elem_id="revised", height=side + 48)
                 with gr.Row():
                     r_class, r_prompt = class_or_prompt(
                         c2i, class_choices, "regenerate the region as class",
