@@ -33,6 +33,7 @@ FACTS = {
     "loss_weight_power": 0.5,  # C4 reweight_loss_by_scale
     "caption_drop_prob": 0.1,  # C8 drop_condition_prob
     "prompt_prefix": True,  # A6: <T2I> / <T2V>
+    "i2v_ratio": 0.0,  # B1 / C8: the released script trains no clip with the first-frame condition
 }
 BETAS, WEIGHT_DECAY = (0.9, 0.999), 0.01  # C5 hard-coded betas, C8 twd
 WARMUP_ITERS, WP0 = 50, 0.005  # C8 wp_it, C5 wp0
