@@ -224,7 +224,7 @@ def test_clips_the_data_marks_are_trained_with_the_first_frame_condition():
     """A jsonl line with ``first_frame_condition: true`` (the batch's ``first_frame_condition`` flags) is trained in
     the official first-frame form even at i2v_ratio 0, as the official trainer conditions every clip its metadata
     marks (§B1): the marked rows' loss is the conditioned loss of the same draws, the others the plain one. Flags on
-    images are ignored; packed batches refuse them with a clear error."""
+    images are ignored."""
     from grn.objective import mix_with_noise_and_mask, text_sample_losses
 
     b = batch(3, frames=3, seed=4)
@@ -246,7 +246,3 @@ def test_clips_the_data_marks_are_trained_with_the_first_frame_condition():
     images = batch(2)
     torch.testing.assert_close(m.objective({**images, "first_frame_condition": torch.ones(2, dtype=torch.bool)},
                                            generator=g())[0], m.objective(images, generator=g())[0])
-    packed = {"tokens": list(b["tokens"]), "rows": [[0, 1, 2]], "caption": b["caption"],
-              "first_frame_condition": flags}
-    with pytest.raises(ValueError, match="first_frame_condition"):
-        m.objective(packed, generator=g())

@@ -185,6 +185,39 @@ def test_packed_objective_equals_the_plain_one(fixed_draws):
     torch.testing.assert_close(acc_p, acc, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("how", ["i2v_ratio", "data flags"])
+def test_packed_first_frame_clips_get_the_loss_of_plain_batches(fixed_draws, how):
+    """I2V inside packed sequences (the released trainer packs every batch): a clip with the first-frame condition
+    — all clips at i2v_ratio 1, or those the data flags — is laid out as [frames 1… | clean frame 0 | pt | text]
+    and gets the loss it gets in a plain batch; images and unflagged clips are untouched. Broken layouts (frame 0
+    predicted, or not given as the condition) change the conditioned clips' losses."""
+    ratio, flags = (1.0, torch.tensor([True, True])) if how == "i2v_ratio" else (0.0, torch.tensor([True, False]))
+    m = module(caption_drop_prob=0.0, loss_weight_power=0.5, pt_value="realised", prompt_prefix=True,
+               i2v_ratio=ratio)
+    with torch.no_grad():  # weights large enough that every input token moves the logits visibly
+        gen = torch.Generator().manual_seed(1)
+        for p in m.net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.dim() > 1 else 0.1))
+    plain = joint(3, 2)
+    if how == "data flags":
+        plain["video"]["first_frame_condition"] = flags
+    loss, per_kind, acc = m.objective(plain, generator=torch.Generator().manual_seed(3))
+    samples = [(t, c) for kind in ("image", "video") for t, c in zip(plain[kind]["tokens"], plain[kind]["caption"])]
+    packed = {"tokens": [t for t, _ in samples], "caption": [c for _, c in samples], "rows": [[0, 3], [1, 2, 4]]}
+    if how == "data flags":
+        packed["first_frame_condition"] = torch.tensor([False, False, False, *flags.tolist()])
+    loss_p, per_kind_p, acc_p = m.objective(packed, generator=torch.Generator().manual_seed(3))
+    for kind in ("image", "video"):
+        torch.testing.assert_close(per_kind_p[kind], per_kind[kind], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss_p, loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(acc_p, acc, rtol=1e-5, atol=1e-6)
+    unconditioned = module(caption_drop_prob=0.0, loss_weight_power=0.5, pt_value="realised", prompt_prefix=True)
+    unconditioned.net.load_state_dict(m.net.state_dict())
+    _, per_kind_u, _ = unconditioned.objective({k: v for k, v in packed.items() if k != "first_frame_condition"})
+    torch.testing.assert_close(per_kind_u["image"], per_kind["image"], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(per_kind_u["video"][flags], per_kind["video"][flags])
+
+
 def test_prefix_guard_and_the_digits_prefixes():
     m = module(caption_drop_prob=0.0, prompt_prefix=True)
     with pytest.raises(ValueError, match="prompt_prefix"):

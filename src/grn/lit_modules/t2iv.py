@@ -82,7 +82,7 @@ class T2IVLitModule(RefinementLitModule):
             §B10; :func:`grn.objective.text_sample_losses`): latent frame 0's clean tokens are the condition, the
             loss is over frames 1…T-1 only, and a ``"<T2V>"`` caption becomes ``"<I2V>"``. 0 (default, the
             released script): none. Clips whose jsonl line says ``first_frame_condition: true`` (the batch's
-            ``first_frame_condition`` flags) are always trained so. Not with packed batches (``rows``) yet.
+            ``first_frame_condition`` flags) are always trained so; packed batches (``rows``) too.
             Sample such a model with ``i2v_mode=first_frame`` (the network's setting).
     """
 
@@ -232,11 +232,9 @@ class T2IVLitModule(RefinementLitModule):
 
     def _packed_part(self, kind: str, part: Mapping[str, Any], generator, drop: bool):
         """Samples of any shapes packed into rows (``rows``): ``{"image"/"video": (ce, accuracy, tokens)}`` by
-        sample shape (one latent frame: image). The loops run over samples, never over tokens."""
-        declared = part.get("first_frame_condition")
-        if self.hparams.get("i2v_ratio", 0.0) > 0 or (declared is not None and bool(torch.as_tensor(declared).any())):
-            raise ValueError("first-frame (I2V) training (i2v_ratio > 0, or jsonl lines with first_frame_condition: "
-                             "true) is not supported with packed batches yet: set the data's packing off")
+        sample shape (one latent frame: image). Clips with the first-frame condition (``i2v_ratio``, the data's
+        flags) are laid out in the official I2V form: their clean frame 0 as first-frame tokens, frames 1… as the
+        generated ones, the loss over those only, as in plain batches. The loops run over samples, never tokens."""
         tokens = list(part["tokens"])
         s = len(tokens)
         device = tokens[0].device
@@ -247,13 +245,24 @@ class T2IVLitModule(RefinementLitModule):
         x = self.target_labels(flat)  # [Nv, C]
         sid = torch.repeat_interleave(torch.arange(s, device=device), counts)  # the sample of each token
         t = self.sample_keep_prob(s, generator)
-        text, lens = self._text(part, self._drop_mask(s, device, generator, drop))
+        dropped = self._drop_mask(s, device, generator, drop)
+        first = self._packed_first_frames(part, shapes, device, generator)  # bool [S] or None
+        text, lens = self._text(part, dropped, first)
         z, keep = mix_with_noise_and_mask(x, t[sid], self.num_levels, generator)
         pt = segment_mean(keep.float().mean(1), sid, s) if self.hparams.pt_value == "realised" else t
-        specs = [SampleSpec(int(f), int(h), int(w), int(n)) for (f, h, w), n in zip(shapes, lens.tolist())]
+        cond = torch.zeros(s, dtype=torch.bool, device=device) if first is None else first
+        # frame 0 of a conditioned clip: the first h·w tokens of its segment
+        frame = torch.tensor([h * w for _, h, w in shapes], device=device)
+        within = torch.arange(x.shape[0], device=device) - (torch.cumsum(counts, 0) - counts)[sid]
+        is_first = cond[sid] & (within < frame[sid])  # [Nv]
+        gen = ~is_first
+        specs = [SampleSpec(int(f) - int(c), int(h), int(w), int(n), first_frame=bool(c))
+                 for (f, h, w), n, c in zip(shapes, lens.tolist(), cond.tolist())]
         layout = packed_layout(specs, part["rows"]).to(device)
         valid = torch.arange(text.shape[1], device=text.device)[None] < lens[:, None]
-        logits = self.net.forward_layout(layout, z, pt, text[valid]).float()  # [Nv, C, K]
+        logits = self.net.forward_layout(layout, z[gen], pt, text[valid],
+                                         first_labels=x[is_first] if first is not None else None).float()
+        x, sid = x[gen], sid[gen]  # [Ng, C]: the predicted tokens, logits [Ng, C, K]
         ce = segment_mean(F.cross_entropy(logits.transpose(1, 2), x, reduction="none").mean(1), sid, s)
         acc = segment_mean((logits.argmax(-1) == x).float().mean(1), sid, s)
         video = torch.tensor([sh[0] > 1 for sh in shapes], device=device)
@@ -262,6 +271,21 @@ class T2IVLitModule(RefinementLitModule):
             if bool(pick.any()):
                 out[name] = (ce[pick], acc[pick], counts[pick])
         return out
+
+    def _packed_first_frames(self, part: Mapping[str, Any], shapes, device, generator) -> torch.Tensor | None:
+        """Which samples of a packed batch get the first-frame condition (bool ``[S]``, or None for none): each clip
+        of >= 2 latent frames with probability ``i2v_ratio`` (one draw per sample, none when the ratio is 0 or no
+        sample can be conditioned), or where the data's ``first_frame_condition`` flag says so."""
+        eligible = torch.tensor([sh[0] >= 2 for sh in shapes], device=device)
+        ratio = self.hparams.get("i2v_ratio", 0.0)
+        first = None
+        if ratio > 0 and bool(eligible.any()):
+            first = (torch.rand(len(shapes), device=device, generator=generator) < ratio) & eligible
+        declared = part.get("first_frame_condition")
+        if declared is not None:
+            declared = torch.as_tensor(declared, dtype=torch.bool, device=device) & eligible
+            first = declared if first is None else first | declared
+        return first if first is not None and bool(first.any()) else None
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss, per_kind, acc = self.objective(batch)
