@@ -375,16 +375,15 @@ class EncodedCaptionedDataModule(CacheReaderMixin, InMemoryLoaders):
             raise ValueError("a mixed image + video source (kind=mixed) batches only with sequence packing: set "
                              "the stage's datamodule.pack_budget")
 
-    def train_dataloader(self) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
         if self.tokens is None and self.pack_budget:
-            return self._packed_loader("train")
+            return self._packed_loader(split)
         if self.tokens is None:
-            self._check_batchable(self.train_set)
-        return super().train_dataloader()
+            self._check_batchable(self.train_set if split == "train" else self.val_set)
+        return super().train_dataloader() if split == "train" else super().val_dataloader()
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        if self.tokens is None and self.pack_budget:
-            return self._packed_loader("val")
-        if self.tokens is None:
-            self._check_batchable(self.val_set)
-        return super().val_dataloader()
+        return self._loader("val")
