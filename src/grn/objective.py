@@ -15,9 +15,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["draw_first_frame_condition", "mix_with_noise", "mix_with_noise_and_mask", "realised_keep_prob",
-           "sample_keep_prob", "sample_weights", "segment_mean", "shift_keep_prob", "text_sample_losses",
-           "with_declared_first_frames"]
+__all__ = ["conditionable_clips", "draw_first_frame_condition", "first_frame_clips", "mix_with_noise",
+           "mix_with_noise_and_mask", "realised_keep_prob", "sample_keep_prob", "sample_weights", "segment_mean",
+           "shift_keep_prob", "text_sample_losses"]
 
 
 def shift_keep_prob(keep_prob: torch.Tensor, shift: float) -> torch.Tensor:
@@ -93,29 +93,42 @@ def sample_weights(num_tokens: torch.Tensor, power: float) -> torch.Tensor:
     return w / w.sum()
 
 
+def _draw_first_frames(eligible: torch.Tensor, ratio: float, generator: torch.Generator | None) -> torch.Tensor | None:
+    """One draw per sample, True with probability ``ratio`` where ``eligible`` (bool ``[B]``); None, and no draw
+    made, where the ratio is 0 or nothing is eligible, so a run without I2V makes the draws it made before."""
+    if ratio <= 0 or not bool(eligible.any()):
+        return None
+    return (torch.rand(eligible.shape[0], device=eligible.device, generator=generator) < ratio) & eligible
+
+
+def conditionable_clips(labels: torch.Tensor) -> torch.Tensor:
+    """bool ``[B]``: which samples of a same-shape batch can get the first-frame condition (clips ``[B, C, T, h,
+    w]`` with T >= 2 latent frames; images and one-frame clips cannot)."""
+    ok = labels.dim() == 5 and labels.shape[2] >= 2
+    return torch.full((labels.shape[0],), ok, dtype=torch.bool, device=labels.device)
+
+
 def draw_first_frame_condition(labels: torch.Tensor, ratio: float,
                                generator: torch.Generator | None = None) -> torch.Tensor | None:
     """Which clips of a batch get the first-frame condition: bool ``[B]``, each True with probability ``ratio``
     (the official ``i2v_ratio``, §B1), for video labels ``[B, C, T, h, w]`` with T >= 2 latent frames. None, and no
     draw made, where nothing can be conditioned (``ratio`` 0, images, one-frame clips), so a run without I2V makes
     exactly the draws it made before the option existed."""
-    if ratio <= 0 or labels.dim() != 5 or labels.shape[2] < 2:
-        return None
-    return torch.rand(labels.shape[0], device=labels.device, generator=generator) < ratio
+    return _draw_first_frames(conditionable_clips(labels), ratio, generator)
 
 
-def with_declared_first_frames(drawn: torch.Tensor | None, declared: torch.Tensor | None,
-                               labels: torch.Tensor) -> torch.Tensor | None:
-    """The clips trained with the first-frame condition: those :func:`draw_first_frame_condition` drew (bool
-    ``[B]`` or None) and those whose jsonl line says ``first_frame_condition: true`` (``declared``, bool ``[B]``
-    from the data, or None), as the official trainer conditions every clip its metadata marks (§B1). None where no
-    clip is conditioned; declared flags on images or one-frame clips are ignored (nothing to condition on)."""
-    if declared is None or labels.dim() != 5 or labels.shape[2] < 2:
-        return drawn
-    declared = torch.as_tensor(declared, dtype=torch.bool, device=labels.device)
-    if not bool(declared.any()):
-        return drawn
-    return declared if drawn is None else drawn | declared
+def first_frame_clips(eligible: torch.Tensor, ratio: float, declared: torch.Tensor | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """The samples trained with the first-frame condition, bool ``[B]`` (None where none is): each ``eligible``
+    sample (:func:`conditionable_clips`; in a packed batch, its clips of >= 2 latent frames) with probability
+    ``ratio`` (the draw of :func:`draw_first_frame_condition`), and every eligible sample whose jsonl line says
+    ``first_frame_condition: true`` (``declared``, bool ``[B]`` from the data, or None), as the official trainer
+    conditions every clip its metadata marks (§B1). Used by plain and packed batches alike."""
+    first = _draw_first_frames(eligible, ratio, generator)
+    if declared is not None:
+        declared = torch.as_tensor(declared, dtype=torch.bool, device=eligible.device) & eligible
+        first = declared if first is None else first | declared
+    return first if first is not None and bool(first.any()) else None
 
 
 def text_sample_losses(net: Callable[..., torch.Tensor], labels: torch.Tensor, mixed: torch.Tensor,

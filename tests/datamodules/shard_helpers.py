@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -100,3 +101,11 @@ def fit_keys(dm, max_steps, ckpt_dir, ckpt_path=None, every=None, check=None):
               num_sanity_val_steps=0, limit_val_batches=0).fit(model, datamodule=dm, ckpt_path=ckpt_path,
                                                               weights_only=True)
     return model.keys
+
+
+def logged_values(run_dir, name: str) -> list[float]:
+    """Every value the run's CSV log (the one ``metrics.csv`` under ``run_dir``) holds in column ``name``."""
+    (path,) = Path(run_dir).rglob("metrics.csv")
+    header, *rows = path.read_text().splitlines()
+    idx = header.split(",").index(name)
+    return [float(r.split(",")[idx]) for r in rows if r.split(",")[idx]]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from grn.datamodules.video import encode_mp4
 from grn.datamodules.writers import write_shards
 
 from script_loader import load_script
-from shard_helpers import tiny_tokenizer_ckpt
+from shard_helpers import logged_values, tiny_tokenizer_ckpt
 
 TEXT = {"_target_": "grn.models.text_encoder.tiny_text_encoder", "dim": 32, "num_layers": 1, "num_heads": 4}
 SHAPES = [(64, 64), (36, 64), (64, 36)]  # square, landscape 9:16, portrait 16:9
@@ -221,22 +220,14 @@ def test_training_from_text_shards_never_loads_an_encoder_twice(compose_cfg, tmp
         last = train_stage(cfg, task)
         state = torch.load(last, map_location="cpu", weights_only=False)
         assert state["global_step"] == 3
-        losses = [float(row.split(",")[idx]) for idx, row in _csv_column(Path(cfg.paths.run_dir), "train/loss")]
+        losses = logged_values(cfg.paths.run_dir, "train/loss")
         assert len(losses) == 3 and all(np.isfinite(losses))
         if task == "t2i":
-            val = [float(row.split(",")[idx]) for idx, row in _csv_column(Path(cfg.paths.run_dir), "val/loss")]
+            val = logged_values(cfg.paths.run_dir, "val/loss")
             assert len(val) == 1 and np.isfinite(val[0])
     assert len(loads) == 1  # the cache build; neither training run instantiated the encoder
     caches = list((tmp_path / "cache" / "text_tokens").iterdir())
     assert len(caches) == 1 and (caches[0] / "meta.json").is_file()
-
-
-def _csv_column(run_dir: Path, name: str):
-    """``(column index, row)`` for every row of the run's CSV log that has a value in column ``name``."""
-    (path,) = run_dir.rglob("metrics.csv")
-    header, *rows = path.read_text().splitlines()
-    idx = header.split(",").index(name)
-    return [(idx, r) for r in rows if r.split(",")[idx]]
 
 
 def test_script_builds_the_cache_training_reads(compose_cfg, tmp_path, monkeypatch, text_image_shards):
@@ -292,7 +283,7 @@ def test_joint_text_shards_train_on_both_parts_and_resume_exactly(compose_cfg, t
     cfg = compose_cfg("train", overrides)
     train_stage(cfg, "t2v")
     for name in ("train/loss_image", "train/loss_video"):
-        values = [float(row.split(",")[idx]) for idx, row in _csv_column(tmp_path / "run", name)]
+        values = logged_values(tmp_path / "run", name)
         assert len(values) == 2 and all(np.isfinite(values))
 
     def keys(dm, n):
@@ -358,8 +349,8 @@ def test_t2i_training_from_text_shards_with_packing(compose_cfg, tmp_path, text_
         "data.pin_memory=false", "trainer.log_every_n_steps=1", f"paths.run_dir={tmp_path / 'run'}"])
     last = train_stage(cfg, "t2i")
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3
-    samples = [float(r.split(",")[i]) for i, r in _csv_column(tmp_path / "run", "train/samples")]
-    losses = [float(r.split(",")[i]) for i, r in _csv_column(tmp_path / "run", "train/loss")]
+    samples = logged_values(tmp_path / "run", "train/samples")
+    losses = logged_values(tmp_path / "run", "train/loss")
     assert len(losses) == 3 and all(np.isfinite(losses)) and min(samples) > 4  # more than a batch_size each
 
 

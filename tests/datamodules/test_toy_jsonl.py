@@ -174,19 +174,12 @@ def test_make_shards_writes_the_toy_layout_into_text_shards(toy_root, tmp_path):
     assert _snapshot(toy_root) == before
 
 
-def _csv_values(run_dir: Path, name: str) -> list[float]:
-    (path,) = run_dir.rglob("metrics.csv")
-    header, *rows = path.read_text().splitlines()
-    idx = header.split(",").index(name)
-    return [float(r.split(",")[idx]) for r in rows if r.split(",")[idx]]
-
-
 def test_the_toy_layout_trains_directly_and_through_shards(compose_cfg, toy_root, tmp_path):
     """``train.py task=t2v data=toy_jsonl data.root=<dir>`` (image and video lines in step) and, after
     ``scripts/make_shards.py jsonl``, ``data=text_video`` on its shards: both train (finite logged losses for
     every part), and the folder is left exactly as it was."""
     from grn.entrypoints.train import train_stage
-    from shard_helpers import tiny_tokenizer_ckpt
+    from shard_helpers import logged_values, tiny_tokenizer_ckpt
 
     before = _snapshot(toy_root)
     tok_ckpt = tiny_tokenizer_ckpt(tmp_path / "tok.ckpt", config="tiny_joint")
@@ -201,7 +194,7 @@ def test_the_toy_layout_trains_directly_and_through_shards(compose_cfg, toy_root
                    f"data.{part}.shuffle_buffer=2", f"data.{part}.shuffle_initial=1", f"data.{part}.pin_memory=false"]
     train_stage(compose_cfg("train", [*common, *direct, f"paths.run_dir={tmp_path / 'direct'}"]), "t2v")
     for name in ("train/loss_image", "train/loss_video"):
-        values = _csv_values(tmp_path / "direct", name)
+        values = logged_values(tmp_path / "direct", name)
         assert len(values) == 2 and all(np.isfinite(values)), (name, values)
 
     jsonls = sorted(str(p) for p in (toy_root / "data/toy_data/jsonls").rglob("*.jsonl"))
@@ -211,6 +204,6 @@ def test_the_toy_layout_trains_directly_and_through_shards(compose_cfg, toy_root
            "data.fps=8", "data.batch_size=1", "data.num_workers=0", "data.epoch_samples=4", "data.shuffle_buffer=2",
            "data.pin_memory=false"]
     train_stage(compose_cfg("train", [*common, *via, f"paths.run_dir={tmp_path / 'shards'}"]), "t2v")
-    values = _csv_values(tmp_path / "shards", "train/loss")
+    values = logged_values(tmp_path / "shards", "train/loss")
     assert len(values) == 2 and all(np.isfinite(values)), values
     assert _snapshot(toy_root) == before

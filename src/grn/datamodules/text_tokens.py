@@ -182,10 +182,10 @@ def ensure_text_token_cache(
 
 
 class TextTokenDecoder:
-    """``tok`` + ``json`` + ``text.npy`` → ``{"tokens", "text" [L, D], "caption", "key", "bucket"}`` (video: and
-    ``first_frame_condition``, the line's flag, a bool); the caption
-    is drawn with the official rules from the cached candidates; the bucket is the token shape. The rules are those
-    the cache was written with (``meta["caption_rules"]``), except that images take ``short_caption_prob``."""
+    """``tok`` + ``json`` + ``text.npy`` → ``{"tokens", "text" [L, D], "caption", "key", "bucket"}``, and for video
+    ``first_frame_condition`` (bool: the line's flag). The caption is drawn with the official rules from the cached
+    candidates; the bucket is the token shape. The rules are those the cache was written with
+    (``meta["caption_rules"]``), except that images take ``short_caption_prob``."""
 
     def __init__(self, kind: str, short_caption_prob: float, meta: dict[str, Any] | None = None) -> None:
         self.kind, self.short_caption_prob = kind, float(short_caption_prob)

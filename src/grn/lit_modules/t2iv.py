@@ -37,14 +37,14 @@ from grn.models.t2iv import T2IVNet
 from grn.models.text_encoder import encode_memoized
 from grn.models.packing import SampleSpec, packed_layout
 from grn.objective import (
-    draw_first_frame_condition,
+    conditionable_clips,
+    first_frame_clips,
     mix_with_noise_and_mask,
     realised_keep_prob,
     sample_keep_prob,
     sample_weights,
     segment_mean,
     text_sample_losses,
-    with_declared_first_frames,
 )
 from grn.prompts import PREFIXES, as_first_frame_caption, ensure_prefix, sample_task
 from grn.sampling.config import SamplerConfig
@@ -221,8 +221,8 @@ class T2IVLitModule(RefinementLitModule):
         b = x.shape[0]
         t = self.sample_keep_prob(b, generator)
         dropped = self._drop_mask(b, x.device, generator, drop)
-        first = draw_first_frame_condition(x, self.hparams.get("i2v_ratio", 0.0), generator)  # official I2V
-        first = with_declared_first_frames(first, part.get("first_frame_condition"), x)  # and the data's flags
+        first = first_frame_clips(conditionable_clips(x), self.hparams.get("i2v_ratio", 0.0),
+                                  part.get("first_frame_condition"), generator)  # official I2V, and the data's flags
         text, lens = self._text(part, dropped, first)
         z, keep = mix_with_noise_and_mask(x, t, self.num_levels, generator)
         pt = realised_keep_prob(keep) if self.hparams.pt_value == "realised" else t
@@ -246,7 +246,9 @@ class T2IVLitModule(RefinementLitModule):
         sid = torch.repeat_interleave(torch.arange(s, device=device), counts)  # the sample of each token
         t = self.sample_keep_prob(s, generator)
         dropped = self._drop_mask(s, device, generator, drop)
-        first = self._packed_first_frames(part, shapes, device, generator)  # bool [S] or None
+        eligible = torch.tensor([sh[0] >= 2 for sh in shapes], device=device)  # clips of >= 2 latent frames
+        first = first_frame_clips(eligible, self.hparams.get("i2v_ratio", 0.0), part.get("first_frame_condition"),
+                                  generator)  # bool [S] or None
         text, lens = self._text(part, dropped, first)
         z, keep = mix_with_noise_and_mask(x, t[sid], self.num_levels, generator)
         pt = segment_mean(keep.float().mean(1), sid, s) if self.hparams.pt_value == "realised" else t
@@ -271,21 +273,6 @@ class T2IVLitModule(RefinementLitModule):
             if bool(pick.any()):
                 out[name] = (ce[pick], acc[pick], counts[pick])
         return out
-
-    def _packed_first_frames(self, part: Mapping[str, Any], shapes, device, generator) -> torch.Tensor | None:
-        """Which samples of a packed batch get the first-frame condition (bool ``[S]``, or None for none): each clip
-        of >= 2 latent frames with probability ``i2v_ratio`` (one draw per sample, none when the ratio is 0 or no
-        sample can be conditioned), or where the data's ``first_frame_condition`` flag says so."""
-        eligible = torch.tensor([sh[0] >= 2 for sh in shapes], device=device)
-        ratio = self.hparams.get("i2v_ratio", 0.0)
-        first = None
-        if ratio > 0 and bool(eligible.any()):
-            first = (torch.rand(len(shapes), device=device, generator=generator) < ratio) & eligible
-        declared = part.get("first_frame_condition")
-        if declared is not None:
-            declared = torch.as_tensor(declared, dtype=torch.bool, device=device) & eligible
-            first = declared if first is None else first | declared
-        return first if first is not None and bool(first.any()) else None
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss, per_kind, acc = self.objective(batch)
